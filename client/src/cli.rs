@@ -1,0 +1,101 @@
+//! Command-line syntax (the user-facing contract in SPEC.md; names never change).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bk",
+    version,
+    about = "Encrypted, pull-based backups that are proven to restore"
+)]
+#[command(
+    after_help = "Exit status: 0 success, 1 the operation failed, 2 bad usage or configuration."
+)]
+pub struct Cli {
+    /// Configuration file [default: $BK_CONFIG, else ./bk.toml, else /etc/bk/bk.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a new age identity (mode 0600) and print its recipient
+    #[command(after_help = "Example:\n  bk keygen --output /secure/offline/bk-identity.age")]
+    Keygen {
+        /// Where to write the identity; never overwritten
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Run one backup job now
+    #[command(after_help = "Example:\n  bk run media")]
+    Run {
+        job: String,
+        /// Print the result as one JSON document
+        #[arg(long)]
+        json: bool,
+    },
+    /// List committed backups, newest first (reads the repository, not the catalog)
+    #[command(after_help = "Examples:\n  bk list\n  bk list media --json")]
+    List {
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup, or verify it end to end with --verify
+    #[command(
+        after_help = "Examples:\n  bk restore media latest --identity key.age --to /srv/media.restored\n  bk restore app-db --identity key.age --stdout > app.dump\n  bk restore media --identity key.age --verify"
+    )]
+    Restore(RestoreArgs),
+    /// Write a starter configuration and a key pair into DIR
+    Init {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Directory the example job backs up
+        #[arg(long, default_value = "/usr/share/doc")]
+        source: PathBuf,
+    },
+    /// Configuration commands
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration and report every problem
+    Check,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    pub job: String,
+    /// A backup ID from `bk list`, or `latest`
+    #[arg(default_value = "latest")]
+    pub backup: String,
+    /// age identity file (or unencrypted SSH private key); repeatable
+    #[arg(long, short, required = true)]
+    pub identity: Vec<PathBuf>,
+    /// Restore a directory backup into this new or empty directory
+    #[arg(long, conflicts_with = "stdout", value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Write the payload (tar, dump…) to standard output
+    #[arg(long)]
+    pub stdout: bool,
+    /// Download, decrypt, decompress and check every hash and entry; write nothing
+    #[arg(long)]
+    pub verify: bool,
+    /// Keep setuid, setgid and sticky bits on restored files (dropped by default)
+    #[arg(long)]
+    pub keep_special_bits: bool,
+    /// Print the result as one JSON document
+    #[arg(long)]
+    pub json: bool,
+}

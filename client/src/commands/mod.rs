@@ -1,0 +1,43 @@
+//! One module per subcommand; `dispatch` loads what each needs and nothing more.
+
+mod config;
+mod init;
+mod keygen;
+mod list;
+mod restore;
+mod run;
+
+use std::path::Path;
+
+use anyhow::Context;
+use bk_core::config::Config;
+use bk_core::repo::Repository;
+
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::Failure;
+
+pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let config_path = cli.config.as_deref();
+    match cli.command {
+        Command::Keygen { output } => keygen::run(&output),
+        Command::Init { dir, source } => init::run(&dir, &source),
+        Command::Run { job, json } => run::run(&load(config_path)?, &job, json).await,
+        Command::List { job, json } => list::run(&load(config_path)?, job.as_deref(), json).await,
+        Command::Restore(args) => restore::run(&load(config_path)?, args).await,
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => config::check(config_path),
+    }
+}
+
+/// Finds, reads and validates the configuration (errors exit 2).
+pub fn load(explicit: Option<&Path>) -> Result<Config, Failure> {
+    let path = Config::locate(explicit).map_err(|e| Failure::Usage(e.into()))?;
+    Config::load(&path).map_err(|e| Failure::Usage(e.into()))
+}
+
+pub fn open_repo(config: &Config) -> Result<Repository, Failure> {
+    Repository::open(&config.repository)
+        .context("cannot open the repository")
+        .map_err(Failure::Failed)
+}

@@ -1,0 +1,58 @@
+//! `bk restore JOB [BACKUP_ID|latest] --identity FILE (--to DIR | --stdout) [--verify]`
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use bk_core::commands::restore;
+use bk_core::config::Config;
+use bk_core::restore::Sink;
+
+use crate::cli::RestoreArgs;
+use crate::output;
+use crate::Failure;
+
+pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
+    let sink = match (&args.to, args.stdout, args.verify) {
+        (Some(dir), _, _) => Sink::Directory {
+            path: dir.clone(),
+            keep_special_bits: args.keep_special_bits,
+        },
+        (None, true, _) => Sink::Stream(Box::new(std::io::stdout())),
+        (None, false, true) => Sink::Verify,
+        (None, false, false) => {
+            return Err(Failure::Usage(anyhow!(
+                "say where to restore: --to DIR, --stdout, or --verify to only check"
+            )))
+        }
+    };
+    let verify_only = matches!(sink, Sink::Verify);
+    let repo = super::open_repo(config)?;
+    let ids: Vec<&Path> = args.identity.iter().map(|p| p.as_path()).collect();
+    let report = restore::run(&repo, &args.job, &args.backup, &ids, sink).await?;
+    if args.json {
+        output::json(&report)?;
+        return Ok(());
+    }
+    let what = if verify_only { "verified" } else { "restored" };
+    let mut line = format!(
+        "backup {} of job {} {what}: {} ({} stored), every hash matches",
+        report.backup_id,
+        report.job,
+        output::size(report.source_size),
+        output::size(report.stored_size)
+    );
+    if report.entries_checked > 0 {
+        line.push_str(&format!(
+            ", {} entries checked against the manifest",
+            report.entries_checked
+        ));
+    }
+    line.push_str(&format!(", {:.1}s", report.elapsed.as_secs_f64()));
+    // Results go to stderr when stdout carries the restored bytes.
+    if args.stdout {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! The catalog: a SQLite file on the backup server with jobs, runs (failed ones
+//! included, with their error) and a cache of the committed backups. It is never the
+//! source of truth for what exists: the repository is, and `rebuild` restores the
+//! cache from it. Losing the catalog loses run history, never a backup.
+
+mod schema;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use crate::repo::commit::CommitRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("catalog {path}: migrating the schema failed: {source}")]
+    Migrate {
+        path: PathBuf,
+        source: rusqlite_migration::Error,
+    },
+    #[error("catalog {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// How a run ended (or that it has not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    Success,
+    Failed,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Success => "success",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "running" => RunStatus::Running,
+            "success" => RunStatus::Success,
+            "interrupted" => RunStatus::Interrupted,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub started: DateTime<Utc>,
+    pub finished: Option<DateTime<Utc>>,
+    pub status: RunStatus,
+    pub error: Option<String>,
+    pub backup_id: Option<String>,
+    pub bytes_in: Option<u64>,
+    pub bytes_out: Option<u64>,
+    pub trigger: String,
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating with 0600 in a 0700 directory if needed) and migrates the catalog.
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let io_err = |source| CatalogError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err)?;
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io_err)?;
+        let sql = |source| CatalogError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(sql)?;
+        schema::migrations()
+            .to_latest(&mut conn)
+            .map_err(|source| CatalogError::Migrate {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|source| CatalogError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    pub fn note_job(&self, name: &str, kind: &str, host: &str) -> Result<()> {
+        let now = Utc::now().to_rfc3339();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO jobs (name, kind, host, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(name) DO UPDATE SET kind = ?2, host = ?3, last_seen = ?4",
+                params![name, kind, host, now],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Records that a run started; returns its ID.
+    pub fn start_run(&self, job: &str, trigger: &str) -> Result<i64> {
+        let writer = hostname();
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO runs (job, started, status, trigger, writer, pid) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+                params![job, Utc::now().to_rfc3339(), trigger, writer, std::process::id()],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+    }
+
+    pub fn finish_run(
+        &self,
+        run: i64,
+        status: RunStatus,
+        error: Option<&str>,
+        commit: Option<&CommitRecord>,
+    ) -> Result<()> {
+        let now = Utc::now().to_rfc3339();
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE runs SET finished = ?2, status = ?3, error = ?4, backup_id = ?5, bytes_in = ?6, bytes_out = ?7
+                 WHERE id = ?1",
+                params![
+                    run,
+                    now,
+                    status.as_str(),
+                    error,
+                    commit.map(|r| r.backup_id.to_string()),
+                    commit.map(|r| r.source_size as i64),
+                    commit.map(|r| (r.payload.size + r.manifest.size) as i64),
+                ],
+            )?;
+            if let Some(record) = commit {
+                insert_backup(&tx, record)?;
+            }
+            tx.commit()
+        })
+    }
+
+    /// Marks runs left `running` by a process that is gone (kill -9, crash) as interrupted.
+    pub fn mark_orphaned_runs(&self) -> Result<usize> {
+        let writer = hostname();
+        self.with(|c| {
+            let mut stmt = c.prepare("SELECT id, pid FROM runs WHERE status = 'running' AND writer = ?1")?;
+            let rows: Vec<(i64, i64)> =
+                stmt.query_map([&writer], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+            let mut n = 0;
+            for (id, pid) in rows {
+                if !process_alive(pid) {
+                    n += c.execute(
+                        "UPDATE runs SET status = 'interrupted', finished = ?2,
+                         error = 'bk stopped before the run finished (killed or crashed); nothing was committed'
+                         WHERE id = ?1",
+                        params![id, Utc::now().to_rfc3339()],
+                    )?;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, job, started, finished, status, error, backup_id, bytes_in, bytes_out, trigger
+                 FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![job, limit as i64], |r| {
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    job: r.get(1)?,
+                    started: parse_time(&r.get::<_, String>(2)?),
+                    finished: r.get::<_, Option<String>>(3)?.map(|s| parse_time(&s)),
+                    status: RunStatus::parse(&r.get::<_, String>(4)?),
+                    error: r.get(5)?,
+                    backup_id: r.get(6)?,
+                    bytes_in: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
+                    bytes_out: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                    trigger: r.get(9)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn last_run(&self, job: &str) -> Result<Option<RunRecord>> {
+        Ok(self.runs(Some(job), 1)?.into_iter().next())
+    }
+
+    /// Cached commit records, newest first.
+    pub fn backups(&self, job: Option<&str>) -> Result<Vec<CommitRecord>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT commit_json FROM backups WHERE (?1 IS NULL OR job = ?1) ORDER BY backup_id DESC",
+            )?;
+            let rows = stmt.query_map(params![job], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for json in rows {
+                if let Ok(record) = serde_json::from_str::<CommitRecord>(&json?) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub fn latest_backup(&self, job: &str) -> Result<Option<CommitRecord>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT commit_json FROM backups WHERE job = ?1 ORDER BY backup_id DESC LIMIT 1",
+                [job],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+        })
+        .map(|json| json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Replaces the backup cache with exactly `records` (the repository's view).
+    pub fn replace_backups(&self, records: &[CommitRecord]) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM backups", [])?;
+            for record in records {
+                insert_backup(&tx, record)?;
+                let now = Utc::now().to_rfc3339();
+                tx.execute(
+                    "INSERT INTO jobs (name, kind, host, first_seen, last_seen) VALUES (?1, ?2, ?3, ?4, ?4)
+                     ON CONFLICT(name) DO NOTHING",
+                    params![record.job, record.kind, record.host, now],
+                )?;
+            }
+            tx.commit()
+        })
+    }
+
+    pub fn forget_backup(&self, backup_id: &str) -> Result<()> {
+        self.with(|c| {
+            c.execute("DELETE FROM backups WHERE backup_id = ?1", [backup_id])
+                .map(|_| ())
+        })
+    }
+}
+
+fn insert_backup(c: &Connection, record: &CommitRecord) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR REPLACE INTO backups
+         (backup_id, job, kind, host, started, finished, source_size, stored_size, commit_json)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            record.backup_id.to_string(),
+            record.job,
+            record.kind,
+            record.host,
+            record.started.to_rfc3339(),
+            record.finished.to_rfc3339(),
+            record.source_size as i64,
+            (record.payload.size + record.manifest.size) as i64,
+            String::from_utf8_lossy(&record.to_json()),
+        ],
+    )
+    .map(|_| ())
+}
+
+fn parse_time(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+fn process_alive(pid: i64) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 0 && pid as u32 != std::process::id() && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// This machine's name, recorded as the writer of runs and backups.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn creates_private_files_and_records_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/catalog.db");
+        let cat = Catalog::open(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(
+            std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        let run = cat.start_run("media", "manual").unwrap();
+        cat.finish_run(run, RunStatus::Failed, Some("tar exploded"), None)
+            .unwrap();
+        let last = cat.last_run("media").unwrap().unwrap();
+        assert_eq!(last.status, RunStatus::Failed);
+        assert_eq!(last.error.as_deref(), Some("tar exploded"));
+    }
+
+    #[test]
+    fn orphaned_runs_become_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let run = cat.start_run("media", "manual").unwrap();
+        cat.with(|c| c.execute("UPDATE runs SET pid = 999999999 WHERE id = ?1", [run]))
+            .unwrap();
+        assert_eq!(cat.mark_orphaned_runs().unwrap(), 1);
+        assert_eq!(
+            cat.last_run("media").unwrap().unwrap().status,
+            RunStatus::Interrupted
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! Catalog schema migrations, applied in order; the version lives in `user_version`.
+//! Never edit a released migration: add a new one.
+
+use rusqlite_migration::{Migrations, M};
+
+pub fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        "
+    CREATE TABLE jobs (
+        name       TEXT PRIMARY KEY,
+        kind       TEXT NOT NULL,
+        host       TEXT NOT NULL,
+        first_seen TEXT NOT NULL,
+        last_seen  TEXT NOT NULL
+    );
+    -- Every backup run, good or bad. status: running | success | failed | interrupted.
+    CREATE TABLE runs (
+        id         INTEGER PRIMARY KEY,
+        job        TEXT NOT NULL,
+        started    TEXT NOT NULL,
+        finished   TEXT,
+        status     TEXT NOT NULL,
+        error      TEXT,
+        backup_id  TEXT,
+        bytes_in   INTEGER,
+        bytes_out  INTEGER,
+        trigger    TEXT NOT NULL,
+        writer     TEXT NOT NULL,
+        pid        INTEGER NOT NULL
+    );
+    CREATE INDEX runs_by_job ON runs (job, id DESC);
+    -- A cache of the repository's commit records; rebuilt by `bk catalog rebuild`.
+    CREATE TABLE backups (
+        backup_id     TEXT PRIMARY KEY,
+        job           TEXT NOT NULL,
+        kind          TEXT NOT NULL,
+        host          TEXT NOT NULL,
+        started       TEXT NOT NULL,
+        finished      TEXT NOT NULL,
+        source_size   INTEGER NOT NULL,
+        stored_size   INTEGER NOT NULL,
+        commit_json   TEXT NOT NULL
+    );
+    CREATE INDEX backups_by_job ON backups (job, backup_id DESC);
+    ",
+    )])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        super::migrations().validate().unwrap();
+    }
+}

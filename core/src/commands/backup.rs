@@ -1,0 +1,358 @@
+//! `bk run JOB`: one backup, start to commit.
+//!
+//! Order of events, and why: the payload is streamed to a multipart upload that is
+//! completed only after the source exited successfully; then the manifest is
+//! written; then, last, the commit record (create-only). A failure at any point
+//! before the commit record leaves nothing that `bk list` or a restore would accept,
+//! and the objects already written are removed (or left to `bk gc`).
+//! Never commits a backup whose source did not exit successfully.
+
+use std::collections::BTreeMap;
+use std::io::BufReader;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use object_store::ObjectStoreExt;
+use tokio_util::io::SyncIoBridge;
+
+use crate::catalog::{Catalog, CatalogError, RunStatus};
+use crate::config::{Config, JobConfig, JobKind};
+use crate::keys::{self, KeyError};
+use crate::pipeline::{self, hash::copy_large, PipelineError, SealSettings};
+use crate::repo::commit::{self, CommitRecord, StoredObject};
+use crate::repo::id::BackupId;
+use crate::repo::manifest::{self, EntrySpool, ManifestHeader};
+use crate::repo::{layout, RepoError, Repository};
+use crate::source::tar_index::{self, Tee};
+use crate::source::{self, DumpPlan, RunningSource, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("job `{0}` is not in the configuration")]
+    UnknownJob(String),
+    #[error("job `{job}`: {source}")]
+    Keys { job: String, source: KeyError },
+    #[error("job `{job}`: {source}")]
+    Repo { job: String, source: RepoError },
+    #[error("job `{job}`: {source}")]
+    Source { job: String, source: SourceError },
+    #[error("job `{job}`: {source}")]
+    Pipeline { job: String, source: PipelineError },
+    #[error("job `{job}`: writing the manifest: {source}")]
+    Manifest { job: String, source: std::io::Error },
+    #[error("job `{job}`: {source}")]
+    Catalog {
+        job: String,
+        source: Box<CatalogError>,
+    },
+    #[error("job `{job}` did not finish within its timeout of {}", humantime::format_duration(*.after))]
+    Timeout { job: String, after: Duration },
+}
+
+/// What a successful backup produced.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub record: CommitRecord,
+    pub warnings: Vec<String>,
+    pub entries: u64,
+    pub elapsed: Duration,
+}
+
+/// Runs one backup of `job_name` and records the run in the catalog (if given).
+pub async fn run(
+    config: &Config,
+    repo: &Repository,
+    catalog: Option<&Catalog>,
+    job_name: &str,
+    trigger: &str,
+) -> Result<BackupReport, BackupError> {
+    let job = config
+        .job(job_name)
+        .ok_or_else(|| BackupError::UnknownJob(job_name.to_string()))?;
+    let catalog_err = |source: CatalogError| BackupError::Catalog {
+        job: job_name.to_string(),
+        source: Box::new(source),
+    };
+    let run_id = match catalog {
+        Some(c) => {
+            c.note_job(job_name, job.kind.as_str(), &job.host)
+                .map_err(catalog_err)?;
+            Some(c.start_run(job_name, trigger).map_err(catalog_err)?)
+        }
+        None => None,
+    };
+    tracing::info!(job = job_name, run = run_id, host = %job.host, kind = job.kind.as_str(), "backup started");
+    let attempt = attempt(config, repo, job_name, job);
+    let result = match job.timeout {
+        Some(after) => tokio::time::timeout(after, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BackupError::Timeout {
+                    job: job_name.to_string(),
+                    after,
+                })
+            }),
+        None => attempt.await,
+    };
+    match &result {
+        Ok(report) => tracing::info!(
+            job = job_name,
+            run = run_id,
+            backup = %report.record.backup_id,
+            bytes_in = report.record.source_size,
+            bytes_stored = report.record.payload.size + report.record.manifest.size,
+            "backup committed"
+        ),
+        Err(e) => {
+            tracing::error!(job = job_name, run = run_id, error = %error_chain(e), "backup failed")
+        }
+    }
+    if let (Some(c), Some(run_id)) = (catalog, run_id) {
+        let recorded = match &result {
+            Ok(report) => c.finish_run(run_id, RunStatus::Success, None, Some(&report.record)),
+            Err(e) => c.finish_run(run_id, RunStatus::Failed, Some(&error_chain(e)), None),
+        };
+        if let Err(e) = recorded {
+            tracing::error!(job = job_name, run = run_id, error = %e, "recording the run in the catalog failed");
+            if result.is_ok() {
+                return Err(catalog_err(e));
+            }
+        }
+    }
+    result
+}
+
+async fn attempt(
+    config: &Config,
+    repo: &Repository,
+    job_name: &str,
+    job: &JobConfig,
+) -> Result<BackupReport, BackupError> {
+    let clock = Instant::now();
+    let name = job_name.to_string();
+    let repo_err = |source| BackupError::Repo {
+        job: name.clone(),
+        source,
+    };
+    let source_err = |source| BackupError::Source {
+        job: name.clone(),
+        source,
+    };
+    let pipe_err = |source| BackupError::Pipeline {
+        job: name.clone(),
+        source,
+    };
+
+    let recipients = keys::parse_recipients(&config.repository.recipients).map_err(|source| {
+        BackupError::Keys {
+            job: name.clone(),
+            source,
+        }
+    })?;
+    let settings = SealSettings {
+        compression: config.compression.clone(),
+        recipients: Arc::new(recipients),
+        part_size: config.repository.part_size.bytes() as usize,
+        upload_concurrency: config.repository.upload_concurrency,
+    };
+    repo.init().await.map_err(repo_err)?;
+    let plan = DumpPlan::for_job(job).map_err(source_err)?;
+    let started = Utc::now();
+    let id = BackupId::new(started);
+    let mut tool_versions = BTreeMap::from([("bk".to_string(), crate::VERSION.to_string())]);
+    tool_versions.insert("zstd".into(), zstd::zstd_safe::version_string().to_string());
+    if let Some(cmd) = &plan.version_command {
+        if let Some(v) = source::first_line(&job.host, cmd).await {
+            tool_versions.insert(job.kind.as_str().to_string(), v);
+        }
+    }
+
+    let mut running = RunningSource::start(&job.host, &plan.command)
+        .await
+        .map_err(source_err)?;
+    let stdout = SyncIoBridge::new(running.take_stdout());
+    let is_tar = plan.kind == JobKind::Directory;
+    let payload_key = layout::payload(job_name, &id);
+    let sealed = pipeline::seal(
+        repo.store().clone(),
+        payload_key.clone(),
+        &settings,
+        move |out| {
+            let input = BufReader::with_capacity(1 << 20, stdout);
+            let mut spool = EntrySpool::new()?;
+            if is_tar {
+                tar_index::index(Tee::new(input, out), &mut spool)?;
+            } else {
+                let mut input = input;
+                copy_large(&mut input, out)?;
+            }
+            Ok(spool)
+        },
+    )
+    .await;
+
+    let sealed = match sealed {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            // A source that failed on its own is the cause; the broken stream is its symptom.
+            // One that bk had to kill (SIGKILL) is not.
+            if running.try_outcome().is_none() {
+                running.kill().await;
+            }
+            let (outcome, stderr) = running.wait().await;
+            if outcome != source::ExitOutcome::Signal(libc::SIGKILL) {
+                plan.judge(&job.host, outcome, stderr).map_err(source_err)?;
+            }
+            return Err(pipe_err(e));
+        }
+    };
+    let pipeline::Sealed {
+        output: spool,
+        plain,
+        cipher,
+        upload,
+    } = sealed;
+    let (outcome, stderr) = running.wait().await;
+    let warnings = match plan.judge(&job.host, outcome, stderr) {
+        Ok(w) => w,
+        Err(e) => {
+            upload.abort().await;
+            return Err(source_err(e));
+        }
+    };
+    for w in &warnings {
+        tracing::warn!(job = job_name, backup = %id, "source warning: {w}");
+    }
+    upload.finish().await.map_err(pipe_err)?;
+
+    let header = ManifestHeader {
+        format: manifest::FORMAT.into(),
+        version: manifest::VERSION,
+        backup_id: id.clone(),
+        job: job_name.to_string(),
+        kind: job.kind.as_str().into(),
+        host: job.host.clone(),
+        source: plan.describe.clone(),
+        started,
+        finished: Utc::now(),
+        source_size: plain.size,
+        source_blake3: plain.blake3.clone(),
+        zstd_level: config.compression.level,
+        tool_versions,
+        warnings: warnings.clone(),
+        entries: 0,
+        details: BTreeMap::new(),
+    };
+    let entries = spool.count();
+    let stored = commit_objects(
+        config, repo, &settings, job_name, job, &id, header, spool, cipher,
+    )
+    .await;
+    match stored {
+        Ok(record) => Ok(BackupReport {
+            record,
+            warnings,
+            entries,
+            elapsed: clock.elapsed(),
+        }),
+        Err(e) => {
+            // Nothing is committed; remove what was written so no orphan waits for gc.
+            for key in [
+                layout::payload(job_name, &id),
+                layout::manifest(job_name, &id),
+            ] {
+                let _ = repo.store().delete(&key).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Writes the manifest and then, last, the commit record.
+#[allow(clippy::too_many_arguments)]
+async fn commit_objects(
+    config: &Config,
+    repo: &Repository,
+    settings: &SealSettings,
+    job_name: &str,
+    job: &JobConfig,
+    id: &BackupId,
+    header: ManifestHeader,
+    spool: EntrySpool,
+    payload: pipeline::Digest,
+) -> Result<CommitRecord, BackupError> {
+    let name = job_name.to_string();
+    let started = header.started;
+    let source_size = header.source_size;
+    let mut manifest_input =
+        spool
+            .into_manifest(header)
+            .map_err(|source| BackupError::Manifest {
+                job: name.clone(),
+                source,
+            })?;
+    let manifest_key = layout::manifest(job_name, id);
+    let manifest = pipeline::seal(
+        repo.store().clone(),
+        manifest_key.clone(),
+        settings,
+        move |out| copy_large(&mut manifest_input, out),
+    )
+    .await
+    .map_err(|source| BackupError::Pipeline {
+        job: name.clone(),
+        source,
+    })?;
+    manifest
+        .upload
+        .finish()
+        .await
+        .map_err(|source| BackupError::Pipeline {
+            job: name.clone(),
+            source,
+        })?;
+
+    let record = CommitRecord {
+        format: commit::FORMAT.into(),
+        version: commit::VERSION,
+        backup_id: id.clone(),
+        job: job_name.to_string(),
+        kind: job.kind.as_str().into(),
+        host: job.host.clone(),
+        started,
+        finished: Utc::now(),
+        writer: crate::catalog::hostname(),
+        source_size,
+        payload: StoredObject {
+            key: layout::payload(job_name, id).to_string(),
+            size: payload.size,
+            blake3: payload.blake3,
+        },
+        manifest: StoredObject {
+            key: manifest_key.to_string(),
+            size: manifest.cipher.size,
+            blake3: manifest.cipher.blake3,
+        },
+        recipients: config.repository.recipients.clone(),
+    };
+    repo.put_commit(&record)
+        .await
+        .map_err(|source| BackupError::Repo { job: name, source })?;
+    Ok(record)
+}
+
+/// An error and all its causes, one sentence each, for logs and the catalog.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

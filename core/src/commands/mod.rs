@@ -1,0 +1,7 @@
+//! One module per operator-facing operation. `bk` (the CLI) and `bk-server` (the
+//! daemon) both call these, so a backup started by cron and one started by hand run
+//! exactly the same code.
+
+pub mod backup;
+pub mod list;
+pub mod restore;

@@ -1,0 +1,392 @@
+//! The configuration file, typed once. These structs are the reference for every key
+//! (docs/configuration.md is checked against them); defaults live in the `default_*`
+//! functions below and nowhere else. Loading parses with toml (line and column in
+//! every syntax or type error), then `validate` reports every problem at once, each
+//! naming the key at fault, before anything runs.
+
+mod size;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use size::ByteSize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where backups are stored and who can read them.
+    pub repository: RepositoryConfig,
+    /// The run history and backup cache on the backup server.
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    /// How dumps are compressed.
+    #[serde(default)]
+    pub compression: CompressionConfig,
+    /// Source hosts reached over SSH. `local` is built in and needs no entry.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, HostConfig>,
+    /// The daemon's HTTP listener and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where failures and overdue jobs are reported.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Backup jobs, by name (the name becomes part of every object key).
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobConfig>,
+    /// The file this configuration was read from (not a key).
+    #[serde(skip)]
+    pub source_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `file:///var/lib/bk/repo`, `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`.
+    pub url: String,
+    /// age recipients every backup is encrypted to: `age1…` keys or `ssh-ed25519`/`ssh-rsa` public keys.
+    pub recipients: Vec<String>,
+    /// Backend options passed to object_store (endpoint, region, allow_http, …).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Multipart upload part size. Larger parts allow larger objects (S3 caps uploads at 10,000 parts).
+    #[serde(default = "default_part_size")]
+    pub part_size: ByteSize,
+    /// Parts uploaded concurrently per backup. Memory per upload ≈ part_size × (concurrency + 1).
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// SQLite catalog file. Default: `catalog.db` next to the configuration file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// zstd level, 1 (fastest) to 19 (smallest). 3 is zstd's own default.
+    #[serde(default = "default_zstd_level")]
+    pub level: i32,
+    /// zstd worker threads; 0 compresses on the pipeline thread itself.
+    #[serde(default = "default_zstd_workers")]
+    pub workers: u32,
+    /// Long-distance matching (window 128 MiB): about 15% smaller, slower, ~150 MiB more memory.
+    #[serde(default)]
+    pub long: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Address or DNS name of the source host.
+    pub address: String,
+    /// SSH port.
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    /// Remote user the backup server logs in as.
+    pub user: String,
+    /// Private key file used to log in.
+    pub key: PathBuf,
+    /// known_hosts file holding this host's key; checked strictly.
+    pub known_hosts: PathBuf,
+    /// Accept and record an unknown host key on first contact (trust on first use).
+    #[serde(default)]
+    pub accept_new_host_key: bool,
+    /// Jobs that may run on this host at the same time.
+    #[serde(default = "default_host_jobs")]
+    pub max_jobs: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP listener for /healthz, /metrics, /api/status and the status page.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Jobs that may run at the same time, across all hosts.
+    #[serde(default = "default_max_jobs")]
+    pub max_concurrent_jobs: usize,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// URL that receives a JSON POST on a failure, an overdue job or an anomaly.
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// healthchecks-style ping URL: `/start`, success, `/fail` are appended.
+    #[serde(default)]
+    pub ping: Option<String>,
+}
+
+/// What a job pulls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Postgres,
+    Mysql,
+    Directory,
+    Command,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Postgres => "postgres",
+            JobKind::Mysql => "mysql",
+            JobKind::Directory => "directory",
+            JobKind::Command => "command",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// The host to pull from: a `[hosts.NAME]` entry, or `local` for the backup server itself.
+    #[serde(default = "default_host")]
+    pub host: String,
+    pub kind: JobKind,
+    /// `postgres`/`mysql`: the database to dump.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// `postgres`: libpq connection keywords on the source host.
+    #[serde(default)]
+    pub conninfo: Option<String>,
+    /// `directory`: the directory to archive.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `directory`: patterns passed to tar's `--exclude`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `command`: run by the host's shell; its stdout is the dump.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Standard 5-field crontab expression. Without it the job runs only on `bk run`.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// A run that was due while the daemon was down runs once at start-up.
+    #[serde(default = "default_true")]
+    pub catch_up: bool,
+    /// A run that takes longer is stopped and recorded as failed.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Which backups to keep when pruning.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+    /// A scheduled restore test of this job's backups.
+    #[serde(default)]
+    pub restore_test: Option<RestoreTestConfig>,
+}
+
+/// Keep-last plus calendar buckets, as restic `forget` and Borg `prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    #[serde(default)]
+    pub keep_hourly: Option<u32>,
+    #[serde(default)]
+    pub keep_daily: Option<u32>,
+    #[serde(default)]
+    pub keep_weekly: Option<u32>,
+    #[serde(default)]
+    pub keep_monthly: Option<u32>,
+    #[serde(default)]
+    pub keep_yearly: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreTestConfig {
+    /// When to run the test (5-field crontab).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// IANA time zone of the schedule; the job's by default.
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// The restore-test identity file (its recipient must be among the repository's recipients).
+    pub identity: PathBuf,
+    /// Database server URL where scratch databases are created, or a scratch directory.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// SQL queries that must each return true on the restored database.
+    #[serde(default)]
+    pub checks: Vec<String>,
+}
+
+fn default_part_size() -> ByteSize {
+    ByteSize::mib(16)
+}
+fn default_upload_concurrency() -> usize {
+    4
+}
+fn default_zstd_level() -> i32 {
+    3
+}
+fn default_zstd_workers() -> u32 {
+    2
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_host_jobs() -> usize {
+    2
+}
+fn default_listen() -> String {
+    "127.0.0.1:9469".into()
+}
+fn default_max_jobs() -> usize {
+    4
+}
+fn default_host() -> String {
+    "local".into()
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            level: default_zstd_level(),
+            workers: default_zstd_workers(),
+            long: false,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_concurrent_jobs: default_max_jobs(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    #[error("no configuration file: {tried} (pass --config FILE or set BK_CONFIG)")]
+    NotFound { tried: String },
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates configuration text as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.source_file = path.to_path_buf();
+        config.resolve_relative_paths();
+        let problems = validate::problems(&config);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Finds the configuration: the explicit path, else `$BK_CONFIG`, else ./bk.toml, else /etc/bk/bk.toml.
+    pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+        if let Some(p) = explicit {
+            return Ok(p.to_path_buf());
+        }
+        if let Some(p) = std::env::var_os("BK_CONFIG").filter(|p| !p.is_empty()) {
+            return Ok(PathBuf::from(p));
+        }
+        for candidate in ["bk.toml", "/etc/bk/bk.toml"] {
+            if Path::new(candidate).exists() {
+                return Ok(PathBuf::from(candidate));
+            }
+        }
+        Err(ConfigError::NotFound {
+            tried: "$BK_CONFIG, ./bk.toml, /etc/bk/bk.toml".into(),
+        })
+    }
+
+    /// The directory relative paths in the file are read from.
+    pub fn base_dir(&self) -> PathBuf {
+        self.source_file
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
+    pub fn catalog_path(&self) -> PathBuf {
+        self.catalog
+            .path
+            .clone()
+            .unwrap_or_else(|| self.base_dir().join("catalog.db"))
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobConfig> {
+        self.jobs.get(name)
+    }
+
+    fn resolve_relative_paths(&mut self) {
+        let base = self.base_dir();
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.catalog.path.as_mut() {
+            fix(p);
+        }
+        for host in self.hosts.values_mut() {
+            fix(&mut host.key);
+            fix(&mut host.known_hosts);
+        }
+        for job in self.jobs.values_mut() {
+            if let Some(t) = job.restore_test.as_mut() {
+                fix(&mut t.identity);
+            }
+        }
+        if let Some(rest) = self.repository.url.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                self.repository.url = format!("file://{}", base.join(rest).display());
+            }
+        }
+    }
+}

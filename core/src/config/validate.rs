@@ -1,0 +1,318 @@
+//! One pass over a parsed configuration that returns every problem, each naming the
+//! key at fault, so an operator fixes a file in one go rather than one error a run.
+
+use std::str::FromStr;
+
+use super::{Config, JobConfig, JobKind};
+use crate::repo::layout::valid_job_name;
+
+pub(super) fn problems(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    repository(config, &mut out);
+    let c = &config.compression;
+    if !(1..=19).contains(&c.level) {
+        out.push(format!("compression.level = {} is outside 1..=19", c.level));
+    }
+    if c.workers > 64 {
+        out.push(format!(
+            "compression.workers = {} is more than 64",
+            c.workers
+        ));
+    }
+    for (name, host) in &config.hosts {
+        if name == "local" {
+            out.push("hosts.local: `local` is built in (the backup server itself) and cannot be redefined".into());
+        }
+        if host.address.trim().is_empty() {
+            out.push(format!("hosts.{name}.address is empty"));
+        }
+        if host.port == 0 {
+            out.push(format!("hosts.{name}.port must not be 0"));
+        }
+        if host.max_jobs == 0 {
+            out.push(format!("hosts.{name}.max_jobs must be at least 1"));
+        }
+    }
+    if config
+        .server
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+    {
+        out.push(format!(
+            "server.listen = {:?} is not an address:port such as \"127.0.0.1:9469\"",
+            config.server.listen
+        ));
+    }
+    if config.server.max_concurrent_jobs == 0 {
+        out.push("server.max_concurrent_jobs must be at least 1".into());
+    }
+    for (key, value) in [
+        ("alerts.webhook", &config.alerts.webhook),
+        ("alerts.ping", &config.alerts.ping),
+    ] {
+        if let Some(v) = value {
+            if url::Url::parse(v).is_err() {
+                out.push(format!("{key} is not a URL"));
+            }
+        }
+    }
+    for (name, job) in &config.jobs {
+        self::job(config, name, job, &mut out);
+    }
+    out
+}
+
+fn repository(config: &Config, out: &mut Vec<String>) {
+    let r = &config.repository;
+    match url::Url::parse(&r.url) {
+        Ok(u) if u.scheme() == "file" => {
+            if !u.path().starts_with('/') {
+                out.push(format!(
+                    "repository.url = {:?}: a file:// URL needs an absolute path",
+                    r.url
+                ));
+            }
+        }
+        Ok(u)
+            if matches!(
+                u.scheme(),
+                "s3" | "s3a"
+                    | "gs"
+                    | "az"
+                    | "azure"
+                    | "abfs"
+                    | "abfss"
+                    | "http"
+                    | "https"
+                    | "memory"
+            ) => {}
+        Ok(u) => out.push(format!(
+            "repository.url: unsupported scheme `{}` (use file://, s3://, gs:// or az://)",
+            u.scheme()
+        )),
+        Err(e) => out.push(format!("repository.url is not a URL: {e}")),
+    }
+    if r.recipients.is_empty() {
+        out.push("repository.recipients is empty: give at least one age1… or ssh-ed25519 public key (bk keygen prints one)".into());
+    }
+    for (i, recipient) in r.recipients.iter().enumerate() {
+        if let Err(e) = crate::keys::parse_recipient(recipient) {
+            out.push(format!("repository.recipients[{i}]: {e}"));
+        }
+    }
+    if r.part_size.bytes() < 5 << 20 || r.part_size.bytes() > 5 << 30 {
+        out.push(format!(
+            "repository.part_size = {} is outside 5 MiB..5 GiB (the S3 limits)",
+            r.part_size
+        ));
+    }
+    if r.upload_concurrency == 0 || r.upload_concurrency > 64 {
+        out.push("repository.upload_concurrency must be between 1 and 64".into());
+    }
+}
+
+fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
+    let at = format!("jobs.{name}");
+    if !valid_job_name(name) {
+        out.push(format!(
+            "{at}: a job name may hold only letters, digits, `-`, `_` and `.` (at most 64, not starting with `.`)"
+        ));
+    }
+    if job.host != "local" && !config.hosts.contains_key(&job.host) {
+        out.push(format!(
+            "{at}.host = {:?}: no [hosts.{}] entry (and it is not `local`)",
+            job.host, job.host
+        ));
+    }
+    let needs = |key: &str, present: bool, out: &mut Vec<String>| {
+        if !present {
+            out.push(format!(
+                "{at}: kind = \"{}\" needs `{key}`",
+                job.kind.as_str()
+            ));
+        }
+    };
+    let unused = |key: &str, present: bool, out: &mut Vec<String>| {
+        if present {
+            out.push(format!(
+                "{at}.{key} has no meaning for kind = \"{}\"",
+                job.kind.as_str()
+            ));
+        }
+    };
+    match job.kind {
+        JobKind::Directory => {
+            needs("path", job.path.is_some(), out);
+            if let Some(p) = &job.path {
+                if !p.starts_with('/') {
+                    out.push(format!("{at}.path = {p:?} must be absolute"));
+                }
+            }
+            unused("command", job.command.is_some(), out);
+            unused("database", job.database.is_some(), out);
+            unused("conninfo", job.conninfo.is_some(), out);
+        }
+        JobKind::Command => {
+            needs(
+                "command",
+                job.command.as_deref().is_some_and(|c| !c.trim().is_empty()),
+                out,
+            );
+            unused("path", job.path.is_some(), out);
+            unused("database", job.database.is_some(), out);
+            unused("conninfo", job.conninfo.is_some(), out);
+            unused("exclude", !job.exclude.is_empty(), out);
+        }
+        JobKind::Postgres | JobKind::Mysql => {
+            needs("database", job.database.is_some(), out);
+            unused("path", job.path.is_some(), out);
+            unused("command", job.command.is_some(), out);
+            unused("exclude", !job.exclude.is_empty(), out);
+        }
+    }
+    if chrono_tz::Tz::from_str(&job.timezone).is_err() {
+        out.push(format!(
+            "{at}.timezone = {:?} is not an IANA time zone (e.g. \"Europe/Berlin\")",
+            job.timezone
+        ));
+    }
+    if let Some(s) = &job.schedule {
+        if let Err(e) = crate::schedule::parse(s) {
+            out.push(format!("{at}.schedule = {s:?}: {e}"));
+        }
+    }
+    if let Some(r) = &job.retention {
+        let all = [
+            r.keep_last,
+            r.keep_hourly,
+            r.keep_daily,
+            r.keep_weekly,
+            r.keep_monthly,
+            r.keep_yearly,
+        ];
+        if all.iter().all(|k| k.unwrap_or(0) == 0) {
+            out.push(format!(
+                "{at}.retention keeps nothing: set at least one keep_* above 0, or remove it"
+            ));
+        }
+    }
+    if let Some(t) = &job.restore_test {
+        if let Some(s) = &t.schedule {
+            if let Err(e) = crate::schedule::parse(s) {
+                out.push(format!("{at}.restore_test.schedule = {s:?}: {e}"));
+            }
+        }
+        if let Some(tz) = &t.timezone {
+            if chrono_tz::Tz::from_str(tz).is_err() {
+                out.push(format!(
+                    "{at}.restore_test.timezone = {tz:?} is not an IANA time zone"
+                ));
+            }
+        }
+    }
+    if job.timeout.is_some_and(|t| t.is_zero()) {
+        out.push(format!("{at}.timeout must be longer than 0s"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::parse(Path::new("/etc/bk/bk.toml"), text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            Err(other) => vec![other.to_string()],
+            Ok(_) => vec![],
+        }
+    }
+
+    #[test]
+    fn the_spec_example_loads() {
+        let text = format!(
+            r#"
+[repository]
+url = "file:///var/lib/bk/repo"
+recipients = ["{RECIPIENT}"]
+[catalog]
+path = "/var/lib/bk/catalog.db"
+[hosts.db1]
+address = "10.0.0.5"
+port = 22
+user = "bk"
+key = "/etc/bk/id_ed25519"
+known_hosts = "/etc/bk/known_hosts"
+[server]
+listen = "127.0.0.1:9469"
+[alerts]
+webhook = "https://hooks.example/bk"
+[jobs.app-db]
+host = "db1"
+kind = "postgres"
+database = "app"
+conninfo = "host=/var/run/postgresql port=5432 user=backup"
+schedule = "0 2 * * *"
+timezone = "Europe/Berlin"
+[jobs.app-db.restore_test]
+schedule = "0 6 * * 0"
+identity = "/etc/bk/restore-test.key"
+target = "postgresql://bk@127.0.0.1/postgres"
+checks = ["SELECT count(*) > 0 FROM auth_user"]
+[jobs.media]
+host = "local"
+kind = "directory"
+path = "/srv/media"
+schedule = "30 2 * * *"
+retention = {{ keep_last = 3, keep_daily = 7, keep_weekly = 4, keep_monthly = 12 }}
+[jobs.sessions]
+host = "local"
+kind = "command"
+command = "redis-cli --rdb -"
+schedule = "0 3 * * *"
+"#
+        );
+        assert_eq!(problems(&text), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+[repository]
+url = "file://repo"
+recipients = ["age1nope"]
+[jobs.media]
+kind = "directory"
+host = "nas"
+schedule = "61 * * * *"
+timezone = "Mars/Olympus"
+[jobs."bad name"]
+kind = "command"
+"#;
+        let p = problems(text).join("\n");
+        for needle in [
+            "repository.recipients[0]",
+            "jobs.media: kind = \"directory\" needs `path`",
+            "jobs.media.host = \"nas\"",
+            "jobs.media.schedule",
+            "jobs.media.timezone",
+            "jobs.bad name: a job name",
+            "needs `command`",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_name_file_line_and_key() {
+        let text = format!("[repository]\nurl = \"file:///r\"\nrecipients = [\"{RECIPIENT}\"]\n[jobs.x]\nkind = \"directory\"\nschedul = \"0 2 * * *\"\n");
+        let p = problems(&text).join("\n");
+        assert!(p.contains("/etc/bk/bk.toml"), "{p}");
+        assert!(p.contains("line 6"), "{p}");
+        assert!(p.contains("unknown field `schedul`"), "{p}");
+    }
+}

@@ -1,0 +1,20 @@
+//! bk-core: everything the `bk` CLI and the `bk-server` daemon share.
+//!
+//! The tree follows the data: `source` reads a dump, `pipeline` hashes, compresses,
+//! encrypts and uploads it, `repo` defines what sits in object storage, `restore`
+//! turns stored objects back into bytes and files, `catalog` remembers runs, and
+//! `commands` holds one module per operator-facing operation. Nothing in here knows
+//! about the daemon: `bk` must be able to restore without it.
+
+pub mod catalog;
+pub mod commands;
+pub mod config;
+pub mod keys;
+pub mod pipeline;
+pub mod repo;
+pub mod restore;
+pub mod schedule;
+pub mod source;
+
+/// The version of bk, recorded in every manifest.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

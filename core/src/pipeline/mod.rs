@@ -1,0 +1,129 @@
+//! The backup data path, streaming end to end with bounded memory:
+//!
+//! ```text
+//! plaintext ─▶ hash ─▶ zstd (worker threads) ─▶ age ─▶ hash ─▶ chunks ═channel═▶ multipart upload
+//! └──────────────── one blocking thread (+ zstd's workers) ───────────┘         └─ async task ─┘
+//! ```
+//!
+//! `seal` runs the CPU-bound stages on a blocking thread (never on the async
+//! runtime's workers) and the upload as an async task; the bounded channel between
+//! them carries backpressure from storage back to the source. The upload is left
+//! pending: the caller completes it only after checking the source's exit status.
+
+pub mod chunks;
+pub mod compress;
+pub mod encrypt;
+pub mod hash;
+pub mod upload;
+
+use std::io::{self, BufWriter, Write};
+use std::sync::Arc;
+
+use object_store::path::Path;
+use object_store::ObjectStore;
+use tokio::sync::mpsc;
+
+use crate::config::CompressionConfig;
+use crate::keys::Recipient;
+pub use hash::Digest;
+pub use upload::PendingUpload;
+
+/// Chunks (1 MiB each) queued between the pipeline thread and the uploader.
+const CHANNEL_DEPTH: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("uploading `{key}` failed: {source}")]
+    Upload {
+        key: String,
+        source: object_store::Error,
+    },
+    #[error("{0}")]
+    Stream(io::Error),
+    #[error("the pipeline thread failed: {0}")]
+    Panicked(String),
+}
+
+/// How objects are sealed: compression, recipients, and upload shape.
+#[derive(Clone)]
+pub struct SealSettings {
+    pub compression: CompressionConfig,
+    pub recipients: Arc<Vec<Recipient>>,
+    pub part_size: usize,
+    pub upload_concurrency: usize,
+}
+
+/// The result of sealing one stream into a pending object.
+pub struct Sealed<T> {
+    /// What `feed` returned.
+    pub output: T,
+    /// Size and hash of the plaintext that went in.
+    pub plain: Digest,
+    /// Size and hash of the ciphertext that was uploaded.
+    pub cipher: Digest,
+    pub upload: PendingUpload,
+}
+
+/// Compresses, encrypts and uploads whatever `feed` writes, to `key`.
+///
+/// `feed` runs on a blocking thread and writes the plaintext into the writer it is
+/// given. If it fails, or any stage fails, the upload is aborted and the first cause
+/// is returned: an upload failure wins over the broken pipe it causes upstream.
+pub async fn seal<T, F>(
+    store: Arc<dyn ObjectStore>,
+    key: Path,
+    settings: &SealSettings,
+    feed: F,
+) -> Result<Sealed<T>, PipelineError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn Write) -> io::Result<T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+    let upload = tokio::spawn(upload::upload_parts(
+        store,
+        key,
+        rx,
+        settings.part_size,
+        settings.upload_concurrency,
+    ));
+    let recipients = settings.recipients.clone();
+    let compression = settings.compression.clone();
+    let sealing = tokio::task::spawn_blocking(move || -> io::Result<(T, Digest, Digest)> {
+        let cipher = hash::HashingWriter::new(chunks::ChunkSender::new(tx));
+        let encrypted = encrypt::encryptor(cipher, &recipients)?;
+        let compressed = compress::compressor(encrypted, &compression)?;
+        let mut plain = hash::HashingWriter::new(compressed);
+        let output = {
+            let mut buffered = BufWriter::with_capacity(1 << 20, &mut plain);
+            let output = feed(&mut buffered)?;
+            buffered.flush()?;
+            output
+        };
+        let (compressed, plain_digest) = plain.into_parts();
+        let cipher = compressed.finish()?.finish()?;
+        let (chunks, cipher_digest) = cipher.into_parts();
+        chunks.finish()?;
+        Ok((output, plain_digest, cipher_digest))
+    });
+    let sealed = sealing.await;
+    let uploaded = upload.await;
+    match (sealed, uploaded) {
+        (Ok(Ok((output, plain, cipher))), Ok(Ok(upload))) => Ok(Sealed {
+            output,
+            plain,
+            cipher,
+            upload,
+        }),
+        (_, Ok(Err(upload_error))) => Err(upload_error),
+        (Ok(Err(stream_error)), Ok(Ok(upload))) => {
+            upload.abort().await;
+            Err(PipelineError::Stream(stream_error))
+        }
+        (Err(join), Ok(Ok(upload))) => {
+            upload.abort().await;
+            Err(PipelineError::Panicked(join.to_string()))
+        }
+        (_, Err(join)) => Err(PipelineError::Panicked(join.to_string())),
+    }
+}

@@ -1,0 +1,313 @@
+//! The repository: one bucket/prefix in object storage holding a marker and, per
+//! backup, an encrypted payload, an encrypted manifest and a plaintext commit record
+//! written last (see docs/format.md). This module opens the store and reads and
+//! writes the small plaintext objects; payloads stream through `pipeline` and `restore`.
+//!
+//! It must never report a backup whose commit record is missing.
+
+pub mod commit;
+pub mod id;
+pub mod layout;
+pub mod manifest;
+pub mod marker;
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+
+use crate::config::RepositoryConfig;
+use commit::CommitRecord;
+use id::BackupId;
+use marker::Marker;
+
+/// Commit records and markers are small; anything larger is not one.
+const SMALL_OBJECT_LIMIT: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("storage error on `{key}`: {source}")]
+    Store {
+        key: String,
+        source: object_store::Error,
+    },
+    #[error("`{key}` is damaged: {reason}")]
+    BadObject { key: String, reason: String },
+    #[error(
+        "no bk repository at {url} (no {}); `bk run` creates it on the first backup",
+        layout::MARKER
+    )]
+    NotARepository { url: String },
+    #[error("cannot open storage {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error(
+        "job `{job}` has no backup `{id}` in {url} (`bk list {job}` shows the committed ones)"
+    )]
+    NoSuchBackup {
+        job: String,
+        id: String,
+        url: String,
+    },
+    #[error("job `{job}` has no committed backup in {url}")]
+    NoBackups { job: String, url: String },
+    #[error("commit record `{key}` already exists; refusing to overwrite a committed backup")]
+    CommitExists { key: String },
+}
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+/// An open repository.
+#[derive(Clone)]
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    url: String,
+}
+
+impl Repository {
+    /// Opens the store named by the configuration. Does not touch the marker.
+    pub fn open(config: &RepositoryConfig) -> Result<Self> {
+        let url = redact_url(&config.url);
+        let open_err = |reason: String| RepoError::Open {
+            url: url.clone(),
+            reason,
+        };
+        let parsed = url::Url::parse(&config.url).map_err(|e| open_err(e.to_string()))?;
+        let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {
+            let root = parsed
+                .to_file_path()
+                .map_err(|_| open_err("not a local path".into()))?;
+            create_private_dir(&root)
+                .map_err(|e| open_err(format!("creating {}: {e}", root.display())))?;
+            Arc::new(
+                LocalFileSystem::new_with_prefix(&root)
+                    .map_err(|e| open_err(e.to_string()))?
+                    .with_fsync(true)
+                    .with_automatic_cleanup(true),
+            )
+        } else {
+            let (store, prefix) = object_store::parse_url_opts(&parsed, config.options.iter())
+                .map_err(|e| open_err(e.to_string()))?;
+            if prefix.as_ref().is_empty() {
+                Arc::from(store)
+            } else {
+                Arc::new(PrefixStore::new(store, prefix))
+            }
+        };
+        Ok(Repository { store, url })
+    }
+
+    /// A repository over an already built store (tests, other backends).
+    pub fn from_store(store: Arc<dyn ObjectStore>, url: &str) -> Self {
+        Repository {
+            store,
+            url: redact_url(url),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The URL for messages, without credentials.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Reads the marker, creating it (create-only) if the repository is new.
+    pub async fn init(&self) -> Result<Marker> {
+        match self.read_marker().await {
+            Err(RepoError::NotARepository { .. }) => {}
+            other => return other,
+        }
+        let key = layout::marker();
+        let put = self
+            .store
+            .put_opts(
+                &key,
+                PutPayload::from(Marker::new().to_json()),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match put {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => self.read_marker().await,
+            Err(source) => Err(RepoError::Store {
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Reads and checks the marker; `NotARepository` if there is none.
+    pub async fn read_marker(&self) -> Result<Marker> {
+        let key = layout::marker();
+        match self.get_small(&key).await {
+            Ok(bytes) => Marker::from_json(key.as_ref(), &bytes),
+            Err(RepoError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Err(RepoError::NotARepository {
+                url: self.url.clone(),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Fetches a small object whole, refusing anything over 1 MiB.
+    pub async fn get_small(&self, key: &Path) -> Result<Vec<u8>> {
+        let store_err = |source| RepoError::Store {
+            key: key.to_string(),
+            source,
+        };
+        let result = self.store.get(key).await.map_err(store_err)?;
+        if result.meta.size > SMALL_OBJECT_LIMIT {
+            return Err(RepoError::BadObject {
+                key: key.to_string(),
+                reason: format!(
+                    "{} bytes is too large for this kind of object",
+                    result.meta.size
+                ),
+            });
+        }
+        Ok(result.bytes().await.map_err(store_err)?.to_vec())
+    }
+
+    pub async fn read_commit(&self, job: &str, id: &BackupId) -> Result<CommitRecord> {
+        let key = layout::commit(job, id);
+        let bytes = self.get_small(&key).await.map_err(|e| match e {
+            RepoError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            } => RepoError::NoSuchBackup {
+                job: job.to_string(),
+                id: id.to_string(),
+                url: self.url.clone(),
+            },
+            other => other,
+        })?;
+        let record = CommitRecord::from_json(key.as_ref(), &bytes)?;
+        if record.job != job || &record.backup_id != id {
+            return Err(RepoError::BadObject {
+                key: key.to_string(),
+                reason: format!(
+                    "it names backup {} of job {}, not its own path",
+                    record.backup_id, record.job
+                ),
+            });
+        }
+        Ok(record)
+    }
+
+    /// Writes a commit record, create-only: an existing record is never replaced.
+    pub async fn put_commit(&self, record: &CommitRecord) -> Result<()> {
+        let key = layout::commit(&record.job, &record.backup_id);
+        match self
+            .store
+            .put_opts(
+                &key,
+                PutPayload::from(record.to_json()),
+                PutOptions::from(PutMode::Create),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(RepoError::CommitExists {
+                key: key.to_string(),
+            }),
+            Err(source) => Err(RepoError::Store {
+                key: key.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Every committed backup (of one job, or of all), newest first. Objects without a
+    /// commit record are not backups and are not listed.
+    pub async fn list_commits(&self, job: Option<&str>) -> Result<Vec<CommitRecord>> {
+        let prefix = match job {
+            Some(j) => layout::job_prefix(j),
+            None => Path::from(layout::BACKUPS),
+        };
+        let keys: Vec<(String, BackupId)> = self
+            .store
+            .list(Some(&prefix))
+            .map_err(|source| RepoError::Store {
+                key: prefix.to_string(),
+                source,
+            })
+            .try_filter_map(|meta| async move {
+                Ok(layout::parse_backup_object(&meta.location)
+                    .filter(|(_, _, name)| name == layout::COMMIT)
+                    .map(|(job, id, _)| (job, id)))
+            })
+            .try_collect()
+            .await?;
+        let mut records: Vec<CommitRecord> = futures::stream::iter(keys)
+            .map(|(job, id)| async move { self.read_commit(&job, &id).await })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        records.sort_by(|a, b| b.backup_id.cmp(&a.backup_id));
+        Ok(records)
+    }
+
+    /// Resolves `latest` or an explicit ID to a committed backup of `job`.
+    pub async fn resolve(&self, job: &str, which: &str) -> Result<CommitRecord> {
+        if which == "latest" {
+            return self
+                .list_commits(Some(job))
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| RepoError::NoBackups {
+                    job: job.to_string(),
+                    url: self.url.clone(),
+                });
+        }
+        let id = BackupId::parse(which).map_err(|_| RepoError::NoSuchBackup {
+            job: job.to_string(),
+            id: which.to_string(),
+            url: self.url.clone(),
+        })?;
+        self.read_commit(job, &id).await
+    }
+}
+
+/// Drops user, password and query (which may hold credentials) from a URL for display.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
+fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("s3://key:secret@bucket/p?token=x"),
+            "s3://bucket/p"
+        );
+    }
+}
