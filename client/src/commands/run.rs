@@ -24,7 +24,10 @@ pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> 
     let repo = super::open_repo(config)?;
     let catalog = Catalog::open(&config.catalog_path())?;
     catalog.mark_orphaned_runs()?;
-    let report = backup::run(config, &repo, Some(&catalog), job, "manual").await?;
+    let result = backup::run(config, &repo, Some(&catalog), job, "manual").await;
+    // SSH masters are shared while the process lives; close them before it exits.
+    bk_core::source::ssh::close_all().await;
+    let report = result?;
     let r = &report.record;
     if json {
         output::json(&serde_json::json!({

@@ -25,7 +25,7 @@ use crate::repo::id::BackupId;
 use crate::repo::manifest::{self, EntrySpool, ManifestHeader};
 use crate::repo::{layout, RepoError, Repository};
 use crate::source::tar_index::{self, Tee};
-use crate::source::{self, DumpPlan, RunningSource, SourceError};
+use crate::source::{self, DumpPlan, RunningSource, SourceError, SourceHost};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -158,17 +158,19 @@ async fn attempt(
     };
     repo.init().await.map_err(repo_err)?;
     let plan = DumpPlan::for_job(job).map_err(source_err)?;
+    let host = SourceHost::resolve(config, &job.host).map_err(source_err)?;
     let started = Utc::now();
     let id = BackupId::new(started);
     let mut tool_versions = BTreeMap::from([("bk".to_string(), crate::VERSION.to_string())]);
     tool_versions.insert("zstd".into(), zstd::zstd_safe::version_string().to_string());
     if let Some(cmd) = &plan.version_command {
-        if let Some(v) = source::first_line(&job.host, cmd).await {
+        if let Some(v) = host.first_line(cmd).await {
             tool_versions.insert(job.kind.as_str().to_string(), v);
         }
     }
 
-    let mut running = RunningSource::start(&job.host, &plan.command)
+    let stall = Some(job.stall_timeout).filter(|t| !t.is_zero());
+    let mut running = RunningSource::start(&host, &plan.command, stall)
         .await
         .map_err(source_err)?;
     let stdout = SyncIoBridge::new(running.take_stdout());

@@ -104,6 +104,12 @@ pub struct HostConfig {
     /// Jobs that may run on this host at the same time.
     #[serde(default = "default_host_jobs")]
     pub max_jobs: usize,
+    /// How long to wait for the SSH connection and login (ssh's ConnectTimeout).
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Keepalive probe interval (ssh's ServerAliveInterval); three missed probes drop the connection.
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -183,6 +189,9 @@ pub struct JobConfig {
     /// A run that takes longer is stopped and recorded as failed.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// A source that sends no byte for this long fails the run ("0s" disables the check).
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: Duration,
     /// Which backups to keep when pruning.
     #[serde(default)]
     pub retention: Option<Retention>,
@@ -245,6 +254,15 @@ fn default_ssh_port() -> u16 {
 }
 fn default_host_jobs() -> usize {
     2
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 fn default_listen() -> String {
     "127.0.0.1:9469".into()

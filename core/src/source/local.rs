@@ -2,6 +2,7 @@
 //! group so that stopping a dump stops everything its shell started.
 
 use std::process::Stdio;
+use std::sync::{Arc, OnceLock};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -33,7 +34,7 @@ impl LocalProcess {
             .spawn()?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let stderr = child.stderr.take().expect("stderr is piped");
-        let stderr = tokio::spawn(collect_stderr(stderr));
+        let stderr = tokio::spawn(collect_stderr(stderr, None));
         Ok((
             LocalProcess {
                 child,
@@ -86,10 +87,25 @@ fn outcome_of(status: std::process::ExitStatus) -> ExitOutcome {
     }
 }
 
-async fn collect_stderr(stderr: impl AsyncRead + Unpin) -> String {
+/// Keeps the tail of a command's stderr, logging each line at debug level. With
+/// `pid`, a first line `bk-remote-pid N` (printed by the SSH wrapper) is taken out.
+pub(super) async fn collect_stderr(
+    stderr: impl AsyncRead + Unpin,
+    pid: Option<Arc<OnceLock<u32>>>,
+) -> String {
     let mut lines = BufReader::new(stderr.take(1 << 30)).lines();
     let mut tail = String::new();
     while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(slot) = &pid {
+            if slot.get().is_none() {
+                if let Some(n) = line.strip_prefix("bk-remote-pid ") {
+                    if let Ok(n) = n.trim().parse() {
+                        let _ = slot.set(n);
+                        continue;
+                    }
+                }
+            }
+        }
         tracing::debug!(target: "bk::source", "{line}");
         tail.push_str(&line);
         tail.push('\n');
@@ -111,20 +127,20 @@ async fn collect_stderr(stderr: impl AsyncRead + Unpin) -> String {
     tail
 }
 
-pub async fn first_line(command: &str) -> Option<String> {
+/// Runs a short command to completion and returns how it ended, its stdout and stderr.
+pub async fn output(command: &str) -> std::io::Result<(ExitOutcome, String, String)> {
     let out = Command::new("/bin/sh")
         .arg("-c")
         .arg(command)
         .stdin(Stdio::null())
-        .stderr(Stdio::null())
+        .kill_on_drop(true)
         .output()
-        .await
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .next()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
+        .await?;
+    Ok((
+        outcome_of(out.status),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 impl Drop for LocalProcess {

@@ -1,7 +1,7 @@
 //! Sources: where dumps come from. A job's kind decides the command (`directory` →
-//! tar, `command` → the operator's own), its host decides where it runs (`local` →
-//! the backup server itself). The running command's stdout is the dump; its exit
-//! status and stderr are part of the result.
+//! tar, `postgres` → pg_dump, `command` → the operator's own), its host decides where
+//! it runs (`local` → the backup server itself, any other → over SSH). The running
+//! command's stdout is the dump; its exit status and stderr are part of the result.
 //!
 //! A source never decides on its own that a short stream is complete: only an exit
 //! status the kind accepts makes a dump good.
@@ -10,14 +10,18 @@ pub mod command;
 pub mod directory;
 pub mod local;
 pub mod shell;
+pub mod ssh;
+pub mod stall;
 pub mod tar_index;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::io::AsyncRead;
 
-use crate::config::{JobConfig, JobKind};
+use crate::config::{Config, JobConfig, JobKind};
 
 /// How a source command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,62 @@ pub enum SourceError {
     },
     #[error("host `{host}` is not supported yet for kind `{kind}`")]
     Unsupported { host: String, kind: String },
+    #[error("host `{0}` has no [hosts.{0}] entry in the configuration")]
+    UnknownHost(String),
+    #[error("cannot connect to host `{host}` ({destination}): {reason}")]
+    Connect {
+        host: String,
+        destination: String,
+        reason: String,
+    },
+    #[error(
+        "host `{host}` ({destination}) presented a host key that is NOT the one in {known_hosts}: \
+             refusing to connect (possible man-in-the-middle, or the host was reinstalled). \
+             The key it sent has fingerprint {fingerprint}. If the change is expected, \
+             replace the host's line in {known_hosts}"
+    )]
+    HostKeyChanged {
+        host: String,
+        destination: String,
+        known_hosts: PathBuf,
+        fingerprint: String,
+    },
+    #[error("host `{host}` ({destination}): its host key is not in {known_hosts} (no entry for `{name}`), \
+             and keys are checked strictly: refusing to connect. It presents {fingerprint}; after \
+             checking that fingerprint, add the key with `ssh-keyscan` to {known_hosts}, or set \
+             hosts.{host}.accept_new_host_key = true")]
+    HostKeyUnknown {
+        host: String,
+        destination: String,
+        name: String,
+        known_hosts: PathBuf,
+        fingerprint: String,
+    },
+    #[error("host `{host}` ({destination}) refused the login with key {}: check hosts.{host}.user \
+             and that the key's public half is in that user's authorized_keys ({detail})", key.display())]
+    Auth {
+        host: String,
+        destination: String,
+        key: PathBuf,
+        detail: String,
+    },
+    #[error("host `{host}`: cannot run the remote command: {reason}")]
+    Remote { host: String, reason: String },
+}
+
+/// An error and its causes, one sentence each.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn stderr_suffix(stderr: &str) -> String {
@@ -107,23 +167,106 @@ impl DumpPlan {
     }
 }
 
-/// A started source command.
+/// Where a job's commands run.
+#[derive(Debug, Clone)]
+pub enum SourceHost {
+    /// The backup server itself.
+    Local,
+    /// A `[hosts.NAME]` entry, over SSH.
+    Ssh(ssh::SshTarget),
+}
+
+impl SourceHost {
+    pub fn resolve(config: &Config, name: &str) -> Result<SourceHost, SourceError> {
+        if name == "local" {
+            return Ok(SourceHost::Local);
+        }
+        let host = config
+            .hosts
+            .get(name)
+            .ok_or_else(|| SourceError::UnknownHost(name.to_string()))?;
+        Ok(SourceHost::Ssh(ssh::SshTarget::new(name, host)))
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            SourceHost::Local => "local",
+            SourceHost::Ssh(t) => &t.name,
+        }
+    }
+
+    /// Runs a short command to completion: how it ended, its stdout, its stderr.
+    pub async fn output(
+        &self,
+        command: &str,
+    ) -> Result<(ExitOutcome, String, String), SourceError> {
+        match self {
+            SourceHost::Local => {
+                local::output(command)
+                    .await
+                    .map_err(|source| SourceError::Spawn {
+                        host: "local".into(),
+                        source,
+                    })
+            }
+            SourceHost::Ssh(target) => ssh::output(target, command).await,
+        }
+    }
+
+    /// Runs a short command and returns its first stdout line (tool versions).
+    pub async fn first_line(&self, command: &str) -> Option<String> {
+        let (outcome, stdout, _) = self.output(command).await.ok()?;
+        if outcome != ExitOutcome::Code(0) {
+            return None;
+        }
+        stdout
+            .lines()
+            .next()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+    }
+}
+
+enum Process {
+    Local(local::LocalProcess),
+    Remote(ssh::RemoteProcess),
+}
+
+/// A started source command, local or remote.
 pub struct RunningSource {
     pub host: String,
     stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
-    process: local::LocalProcess,
+    process: Process,
 }
 
 impl RunningSource {
-    /// Starts `command` on `host` (only `local` here; SSH hosts come through `ssh`).
-    pub async fn start(host: &str, command: &str) -> Result<RunningSource, SourceError> {
-        let (process, stdout) =
-            local::LocalProcess::spawn(command).map_err(|source| SourceError::Spawn {
-                host: host.to_string(),
-                source,
-            })?;
+    /// Starts `command` on `host`. With `stall`, the stream fails once no byte has
+    /// come for that long.
+    pub async fn start(
+        host: &SourceHost,
+        command: &str,
+        stall: Option<Duration>,
+    ) -> Result<RunningSource, SourceError> {
+        let (process, stdout) = match host {
+            SourceHost::Local => {
+                let (p, out) =
+                    local::LocalProcess::spawn(command).map_err(|source| SourceError::Spawn {
+                        host: "local".into(),
+                        source,
+                    })?;
+                (Process::Local(p), out)
+            }
+            SourceHost::Ssh(target) => {
+                let (p, out) = ssh::RemoteProcess::spawn(target, command).await?;
+                (Process::Remote(p), out)
+            }
+        };
+        let stdout: Box<dyn AsyncRead + Send + Unpin> = match stall {
+            Some(limit) => Box::new(stall::StallGuard::new(stdout, limit, host.name())),
+            None => stdout,
+        };
         Ok(RunningSource {
-            host: host.to_string(),
+            host: host.name().to_string(),
             stdout: Some(stdout),
             process,
         })
@@ -136,21 +279,25 @@ impl RunningSource {
 
     /// If the command has already ended, how; does not wait.
     pub fn try_outcome(&mut self) -> Option<ExitOutcome> {
-        self.process.try_outcome()
+        match &mut self.process {
+            Process::Local(p) => p.try_outcome(),
+            Process::Remote(p) => p.try_outcome(),
+        }
     }
 
     /// Stops the command and everything it started.
     pub async fn kill(&mut self) {
-        self.process.kill().await
+        match &mut self.process {
+            Process::Local(p) => p.kill().await,
+            Process::Remote(p) => p.kill().await,
+        }
     }
 
     /// Waits for the command to end; returns how, and the tail of its stderr.
     pub async fn wait(self) -> (ExitOutcome, String) {
-        self.process.wait().await
+        match self.process {
+            Process::Local(p) => p.wait().await,
+            Process::Remote(p) => p.wait().await,
+        }
     }
-}
-
-/// Runs a short command on a host and returns its first stdout line (tool versions).
-pub async fn first_line(host: &str, command: &str) -> Option<String> {
-    local::first_line(command).await.filter(|_| host == "local")
 }
