@@ -13,6 +13,7 @@ pub mod keys;
 pub mod pipeline;
 pub mod repo;
 pub mod restore;
+pub mod retention;
 pub mod schedule;
 pub mod source;
 

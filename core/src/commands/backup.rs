@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use object_store::ObjectStoreExt;
 use tokio_util::io::SyncIoBridge;
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError, RunStatus};
 use crate::config::{Config, JobConfig, JobKind};
@@ -48,6 +49,19 @@ pub enum BackupError {
     },
     #[error("job `{job}` did not finish within its timeout of {}", humantime::format_duration(*.after))]
     Timeout { job: String, after: Duration },
+    #[error("job `{job}` was stopped before it finished (shutdown); nothing was committed")]
+    Interrupted { job: String },
+}
+
+/// How long a cancelled run waits for its pipeline to wind down after the source was
+/// stopped, before abandoning it (the upload is then never completed).
+pub const CANCEL_DRAIN: Duration = Duration::from_secs(15);
+
+/// A finished run: its catalog ID (if a catalog was given) and its result.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub run_id: Option<i64>,
+    pub result: Result<BackupReport, BackupError>,
 }
 
 /// What a successful backup produced.
@@ -67,6 +81,47 @@ pub async fn run(
     job_name: &str,
     trigger: &str,
 ) -> Result<BackupReport, BackupError> {
+    let never = CancellationToken::new();
+    run_with(config, repo, catalog, job_name, trigger, &never)
+        .await
+        .result
+}
+
+/// `run`, stoppable from outside: once `cancel` fires, the source is stopped, the
+/// upload aborted, nothing is committed and the run is recorded as interrupted. A
+/// run that is already writing its manifest and commit record finishes them first,
+/// so a backup is either fully committed or absent.
+pub async fn run_with(
+    config: &Config,
+    repo: &Repository,
+    catalog: Option<&Catalog>,
+    job_name: &str,
+    trigger: &str,
+    cancel: &CancellationToken,
+) -> RunOutcome {
+    let mut run_id = None;
+    let result = run_recorded(
+        config,
+        repo,
+        catalog,
+        job_name,
+        trigger,
+        cancel,
+        &mut run_id,
+    )
+    .await;
+    RunOutcome { run_id, result }
+}
+
+async fn run_recorded(
+    config: &Config,
+    repo: &Repository,
+    catalog: Option<&Catalog>,
+    job_name: &str,
+    trigger: &str,
+    cancel: &CancellationToken,
+    run_id_out: &mut Option<i64>,
+) -> Result<BackupReport, BackupError> {
     let job = config
         .job(job_name)
         .ok_or_else(|| BackupError::UnknownJob(job_name.to_string()))?;
@@ -82,8 +137,14 @@ pub async fn run(
         }
         None => None,
     };
+    *run_id_out = run_id;
+    if let Some(id) = run_id {
+        // The daemon runs each job in a span with an empty `run` field: fill it in so
+        // that every line of this run, from any layer, carries the run ID.
+        tracing::Span::current().record("run", id);
+    }
     tracing::info!(job = job_name, run = run_id, host = %job.host, kind = job.kind.as_str(), "backup started");
-    let attempt = attempt(config, repo, job_name, job);
+    let attempt = attempt(config, repo, job_name, job, cancel);
     let result = match job.timeout {
         Some(after) => tokio::time::timeout(after, attempt)
             .await
@@ -111,6 +172,9 @@ pub async fn run(
     if let (Some(c), Some(run_id)) = (catalog, run_id) {
         let recorded = match &result {
             Ok(report) => c.finish_run(run_id, RunStatus::Success, None, Some(&report.record)),
+            Err(e @ BackupError::Interrupted { .. }) => {
+                c.finish_run(run_id, RunStatus::Interrupted, Some(&error_chain(e)), None)
+            }
             Err(e) => c.finish_run(run_id, RunStatus::Failed, Some(&error_chain(e)), None),
         };
         if let Err(e) = recorded {
@@ -128,6 +192,7 @@ async fn attempt(
     repo: &Repository,
     job_name: &str,
     job: &JobConfig,
+    cancel: &CancellationToken,
 ) -> Result<BackupReport, BackupError> {
     let clock = Instant::now();
     let name = job_name.to_string();
@@ -173,10 +238,15 @@ async fn attempt(
     let mut running = RunningSource::start(&host, &plan.command, stall)
         .await
         .map_err(source_err)?;
+    let interrupted = || BackupError::Interrupted { job: name.clone() };
+    if cancel.is_cancelled() {
+        running.kill().await;
+        return Err(interrupted());
+    }
     let stdout = SyncIoBridge::new(running.take_stdout());
     let is_tar = plan.kind == JobKind::Directory;
     let payload_key = layout::payload(job_name, &id);
-    let sealed = pipeline::seal(
+    let sealing = pipeline::seal(
         repo.store().clone(),
         payload_key.clone(),
         &settings,
@@ -191,8 +261,20 @@ async fn attempt(
             }
             Ok(spool)
         },
-    )
-    .await;
+    );
+    tokio::pin!(sealing);
+    let sealed = tokio::select! {
+        sealed = &mut sealing => sealed,
+        () = cancel.cancelled() => {
+            // Stopping the source ends the stream; the upload it fed is then aborted
+            // (or, if the pipeline hangs, abandoned uncompleted).
+            running.kill().await;
+            if let Ok(Ok(sealed)) = tokio::time::timeout(CANCEL_DRAIN, sealing).await {
+                sealed.upload.abort().await;
+            }
+            return Err(interrupted());
+        }
+    };
 
     let sealed = match sealed {
         Ok(sealed) => sealed,
@@ -216,6 +298,10 @@ async fn attempt(
         upload,
     } = sealed;
     let (outcome, stderr) = running.wait().await;
+    if cancel.is_cancelled() {
+        upload.abort().await;
+        return Err(interrupted());
+    }
     let warnings = match plan.judge(&job.host, outcome, stderr) {
         Ok(w) => w,
         Err(e) => {

@@ -121,6 +121,21 @@ pub struct ServerConfig {
     /// Jobs that may run at the same time, across all hosts.
     #[serde(default = "default_max_jobs")]
     pub max_concurrent_jobs: usize,
+    /// Log line format on stderr: `text` (default) or `json`. `bk-server --log-json` overrides it.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// On SIGTERM, how long running jobs may go on before they are stopped and recorded as interrupted.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+/// How the daemon writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -198,6 +213,14 @@ pub struct JobConfig {
     /// A scheduled restore test of this job's backups.
     #[serde(default)]
     pub restore_test: Option<RestoreTestConfig>,
+    /// Raise an overdue alert when the job has no good backup this recent. Default for a
+    /// scheduled job: its longest gap between two runs plus 2h (26h for a nightly job);
+    /// a job without a schedule is never overdue unless this is set.
+    #[serde(default, with = "humantime_serde")]
+    pub expect_within: Option<Duration>,
+    /// Alert destinations for this job, replacing the global `[alerts]` keys it sets.
+    #[serde(default)]
+    pub alerts: Option<AlertsConfig>,
 }
 
 /// Keep-last plus calendar buckets, as restic `forget` and Borg `prune`.
@@ -270,6 +293,9 @@ fn default_listen() -> String {
 fn default_max_jobs() -> usize {
     4
 }
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
 fn default_host() -> String {
     "local".into()
 }
@@ -295,6 +321,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             max_concurrent_jobs: default_max_jobs(),
+            log_format: LogFormat::default(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }

@@ -214,6 +214,19 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
     if job.timeout.is_some_and(|t| t.is_zero()) {
         out.push(format!("{at}.timeout must be longer than 0s"));
     }
+    if job.expect_within.is_some_and(|t| t.is_zero()) {
+        out.push(format!("{at}.expect_within must be longer than 0s"));
+    }
+    if let Some(alerts) = &job.alerts {
+        for (key, value) in [("webhook", &alerts.webhook), ("ping", &alerts.ping)] {
+            if value
+                .as_deref()
+                .is_some_and(|v| url::Url::parse(v).is_err())
+            {
+                out.push(format!("{at}.alerts.{key} is not a URL"));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

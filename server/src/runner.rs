@@ -1,0 +1,113 @@
+//! One run of one job inside the daemon: wait for a concurrency slot, ping, call
+//! the same `backup::run_with` as `bk run`, then update metrics, alert on failure and
+//! prune by the job's retention. Every line logged here or below is inside a `job`
+//! span carrying the job name and, once the catalog has assigned it, the run ID.
+
+use std::sync::Arc;
+
+use bk_core::catalog::RunStatus;
+use bk_core::commands::backup::{self, error_chain, BackupError};
+use chrono::Utc;
+use tracing::Instrument;
+
+use crate::alerts::{Alert, Ping, Targets};
+use crate::state::Shared;
+
+/// Starts a run of `job` on its own task. The caller has already marked it running
+/// in the planner; this task marks it finished, whatever happens.
+pub fn spawn(shared: &Arc<Shared>, job: String, trigger: &'static str) {
+    let span = tracing::info_span!("job", job = %job, run = tracing::field::Empty);
+    let task_shared = shared.clone();
+    shared.runs.spawn(
+        async move {
+            run(&task_shared, &job, trigger).await;
+            let next = {
+                let mut planner = task_shared.planner();
+                planner.finished(&job);
+                planner.next_run(&job)
+            };
+            crate::metrics::next_run(&job, next);
+        }
+        .instrument(span),
+    );
+}
+
+async fn run(shared: &Shared, job: &str, trigger: &'static str) {
+    // The configuration this run uses from start to end, even if a reload swaps it.
+    let loaded = shared.current();
+    let Some(job_config) = loaded.config.job(job) else {
+        tracing::warn!("the job is no longer configured; not running it");
+        return;
+    };
+    let slots = tokio::select! {
+        slots = loaded.limits.acquire(&job_config.host) => slots,
+        () = shared.stopping.cancelled() => {
+            tracing::info!("shutting down before a slot was free; not starting the run");
+            return;
+        }
+    };
+    let targets = Targets::for_job(&loaded.config, job);
+    shared
+        .alerts
+        .ping(&targets, job, Ping::Start, String::new());
+    crate::metrics::running(1.0);
+    let outcome = backup::run_with(
+        &loaded.config,
+        &loaded.repo,
+        Some(&loaded.catalog),
+        job,
+        trigger,
+        &shared.interrupt,
+    )
+    .await;
+    crate::metrics::running(-1.0);
+    drop(slots);
+
+    let status = match &outcome.result {
+        Ok(_) => RunStatus::Success,
+        Err(BackupError::Interrupted { .. }) => RunStatus::Interrupted,
+        Err(_) => RunStatus::Failed,
+    };
+    let bytes = outcome.result.as_ref().ok().map(|r| {
+        (
+            r.record.source_size,
+            r.record.payload.size + r.record.manifest.size,
+        )
+    });
+    crate::metrics::run_finished(job, status, bytes, Utc::now());
+    match loaded.catalog.last_run(job) {
+        Ok(Some(run)) if Some(run.id) == outcome.run_id => crate::metrics::last_run(&run),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the run back for metrics failed"),
+    }
+
+    match &outcome.result {
+        Ok(_) => {
+            shared
+                .alerts
+                .ping(&targets, job, Ping::Success, String::new());
+            crate::overdue::good_backup(shared, job);
+        }
+        // Stopped by our own shutdown: not the job's fault, and no receiver should be
+        // paged for a restart. The run is recorded as interrupted in the catalog.
+        Err(BackupError::Interrupted { .. }) => {}
+        Err(e) => {
+            let error = error_chain(e);
+            shared.alerts.ping(&targets, job, Ping::Fail, error.clone());
+            shared.alerts.webhook(
+                &targets,
+                Alert {
+                    event: "backup_failed",
+                    job: job.to_string(),
+                    run: outcome.run_id,
+                    status: status.as_str().to_string(),
+                    error: Some(error),
+                    host: job_config.host.clone(),
+                    server: bk_core::catalog::hostname(),
+                    time: Utc::now(),
+                    last_good_backup: None,
+                },
+            );
+        }
+    }
+}
