@@ -53,6 +53,18 @@ pub enum Command {
         after_help = "Examples:\n  bk restore media latest --identity key.age --to /srv/media.restored\n  bk restore app-db --identity key.age --stdout > app.dump\n  bk restore media --identity key.age --verify"
     )]
     Restore(RestoreArgs),
+    /// Apply each job's retention: remove the backups no keep_* rule keeps
+    #[command(after_help = "Examples:\n  bk prune --dry-run\n  bk prune media")]
+    Prune {
+        /// Only this job [default: every job with a `retention`]
+        job: Option<String>,
+        /// Show what would be removed and why each survivor stays; remove nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the result as one JSON document
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a starter configuration and a key pair into DIR
     Init {
         #[arg(default_value = ".")]

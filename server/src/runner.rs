@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use bk_core::catalog::RunStatus;
 use bk_core::commands::backup::{self, error_chain, BackupError};
+use bk_core::commands::prune;
 use chrono::Utc;
 use tracing::Instrument;
 
 use crate::alerts::{Alert, Ping, Targets};
-use crate::state::Shared;
+use crate::state::{Loaded, Shared};
 
 /// Starts a run of `job` on its own task. The caller has already marked it running
 /// in the planner; this task marks it finished, whatever happens.
@@ -87,6 +88,9 @@ async fn run(shared: &Shared, job: &str, trigger: &'static str) {
                 .alerts
                 .ping(&targets, job, Ping::Success, String::new());
             crate::overdue::good_backup(shared, job);
+            if job_config.retention.is_some() {
+                prune(&loaded, job).await;
+            }
         }
         // Stopped by our own shutdown: not the job's fault, and no receiver should be
         // paged for a restart. The run is recorded as interrupted in the catalog.
@@ -108,6 +112,35 @@ async fn run(shared: &Shared, job: &str, trigger: &'static str) {
                     last_good_backup: None,
                 },
             );
+        }
+    }
+}
+
+/// Applies the job's retention after a good backup. A failure is logged, never turned
+/// into a failed run: the backup itself is committed.
+async fn prune(loaded: &Loaded, job: &str) {
+    let result = prune::prune(
+        &loaded.config,
+        &loaded.repo,
+        Some(&loaded.catalog),
+        job,
+        false,
+        &[],
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            crate::metrics::pruned(job, report.removed.len());
+            if !report.removed.is_empty() {
+                tracing::info!(
+                    removed = report.removed.len(),
+                    kept = report.decisions.len() - report.removed.len(),
+                    "pruned by retention"
+                );
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "pruning by retention failed; the new backup is committed")
         }
     }
 }

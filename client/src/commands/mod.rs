@@ -4,6 +4,7 @@ mod config;
 mod init;
 mod keygen;
 mod list;
+mod prune;
 mod restore;
 mod run;
 
@@ -24,6 +25,9 @@ pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Run { job, json } => run::run(&load(config_path)?, &job, json).await,
         Command::List { job, json } => list::run(&load(config_path)?, job.as_deref(), json).await,
         Command::Restore(args) => restore::run(&load(config_path)?, args).await,
+        Command::Prune { job, dry_run, json } => {
+            prune::run(&load(config_path)?, job.as_deref(), dry_run, json).await
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => config::check(config_path),

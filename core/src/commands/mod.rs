@@ -4,4 +4,5 @@
 
 pub mod backup;
 pub mod list;
+pub mod prune;
 pub mod restore;
