@@ -434,6 +434,44 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_syntax_is_accepted() {
+        for expr in [
+            "@daily",
+            "@hourly",
+            "0 2 L * *",
+            "0 2 15W * *",
+            "0 2 * * MON#1",
+            "0 2 * * 7",
+            "*/15 8-18 * JAN-MAR MON-FRI",
+        ] {
+            assert!(parse(expr).is_ok(), "{expr}: {:?}", parse(expr).err());
+        }
+        // Sunday is both 0 and 7; 1 is Monday.
+        let sunday = at(2027, 1, 3, 0, 0);
+        let utc = chrono_tz::UTC;
+        for expr in ["0 2 * * 0", "0 2 * * 7", "0 2 * * SUN"] {
+            assert_eq!(
+                next_after(
+                    &parse(expr).unwrap(),
+                    utc,
+                    sunday - chrono::Duration::days(1)
+                ),
+                Some(at(2027, 1, 3, 2, 0))
+            );
+        }
+        assert_eq!(
+            next_after(&parse("0 2 * * 1").unwrap(), utc, sunday),
+            Some(at(2027, 1, 4, 2, 0))
+        );
+        // Day of month OR day of week (Vixie): the 13th and every Friday.
+        let cron = parse("0 2 13 * FRI").unwrap();
+        let first = next_after(&cron, utc, at(2027, 1, 1, 3, 0)).unwrap();
+        assert_eq!(first, at(2027, 1, 8, 2, 0)); // a Friday
+        let second = next_after(&cron, utc, at(2027, 1, 9, 0, 0)).unwrap();
+        assert_eq!(second, at(2027, 1, 13, 2, 0)); // a Wednesday, the 13th
+    }
+
+    #[test]
     fn overdue_windows() {
         let nightly = JobSchedule::new("0 2 * * *", "Europe/Berlin", true).unwrap();
         assert_eq!(

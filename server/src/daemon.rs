@@ -102,18 +102,14 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "bk-server ready"
     );
 
-    loop {
-        match signals.next().await {
-            Event::Reload => crate::signals::reload(&shared, &config_path),
-            Event::Stop => break,
-        }
+    while let Event::Reload = signals.next().await {
+        crate::signals::reload(&shared, &config_path);
     }
     shutdown(&shared).await;
     let _ = scheduler.await;
     let _ = overdue.await;
-    match http.await {
-        Ok(Err(e)) => return Err(DaemonError::Http(e)),
-        Ok(Ok(())) | Err(_) => {}
+    if let Ok(Err(e)) = http.await {
+        return Err(DaemonError::Http(e));
     }
     tracing::info!("bk-server stopped");
     Ok(())
