@@ -307,3 +307,252 @@ fn a_wrong_user_or_key_is_a_clear_login_error() {
     );
     assert!(out.stderr.contains("stray_key"), "{}", out.stderr);
 }
+
+// ---------------------------------------------------------------------------------
+// PostgreSQL over SSH: the dump runs on the "source host" as the unprivileged user.
+
+use bk_e2e::postgres::{cluster, Cluster};
+
+const SHOP: &str = "CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
+INSERT INTO customers SELECT g, 'customer ' || g FROM generate_series(1, 1500) g;
+CREATE SCHEMA billing;
+CREATE TABLE billing.invoices (id bigserial PRIMARY KEY, customer int REFERENCES customers, total numeric(10,2), note text);
+INSERT INTO billing.invoices (customer, total, note) SELECT 1 + g % 1500, g * 1.25, repeat('x', g % 50) FROM generate_series(1, 12000) g;
+CREATE TABLE empty_table (x int);";
+
+fn pg_job(ws: &mut Workspace, name: &str, db: &str, conninfo: &str, extra: &str) {
+    ws.add(&format!(
+        "[jobs.{name}]\nhost = \"db\"\nkind = \"postgres\"\ndatabase = \"{db}\"\nconninfo = \"{conninfo}\"\n{extra}\n"
+    ));
+}
+
+fn pg_workspace() -> (Workspace, &'static Cluster) {
+    require_tool("pg_restore");
+    let pg = cluster();
+    let mut ws = Workspace::new();
+    ws.add(&Sshd::shared().host_toml("db"));
+    (ws, pg)
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", rand::random::<u32>())
+}
+
+#[test]
+fn a_replica_dump_restores_with_stock_pg_restore_and_row_counts_match() {
+    let (mut ws, pg) = pg_workspace();
+    let db = unique("shop");
+    pg.create_database(&db, SHOP);
+    pg_job(&mut ws, "shop", &db, &pg.conninfo(true), "");
+    ws.bk(&["run", "shop"]).ok();
+    let id = ws.backup_ids("shop").remove(0);
+
+    let header = &decrypted_manifest(&ws, "shop", &id)[0];
+    let details = &header["details"];
+    assert_eq!(details["postgres"]["in_recovery"], true, "{details}");
+    assert!(
+        details["postgres"]["replay_lag_seconds"].as_f64().is_some(),
+        "{details}"
+    );
+    assert!(
+        details["pg_globals"]
+            .as_str()
+            .unwrap()
+            .contains("CREATE ROLE postgres"),
+        "{details}"
+    );
+    assert!(
+        header["tool_versions"]["postgres"]
+            .as_str()
+            .unwrap()
+            .contains("pg_dump"),
+        "{header}"
+    );
+    let primary_counts = pg.row_counts(false, &db);
+    assert_eq!(primary_counts.len(), 3);
+    for (table, n) in &primary_counts {
+        assert_eq!(
+            details["row_counts"][table].as_u64(),
+            Some(*n),
+            "{table} in {details}"
+        );
+    }
+
+    // The payload is a plain pg_dump archive: the stock pg_restore loads it.
+    let dump = ws.path().join("shop.dump");
+    let restored = unique("restored");
+    sh(&format!(
+        "{} --config {} restore shop latest --identity {} --stdout > {}",
+        bk_path().display(),
+        ws.config.display(),
+        ws.identity.display(),
+        dump.display()
+    ));
+    pg.primary("postgres", &format!("CREATE DATABASE \"{restored}\""));
+    sh(&format!(
+        "pg_restore --exit-on-error --no-owner -h 127.0.0.1 -p {} -U postgres -d {restored} {}",
+        pg.primary_port,
+        dump.display()
+    ));
+    assert_eq!(pg.row_counts(false, &restored), primary_counts);
+
+    assert_eq!(
+        sshd::home_listing(&sshd::keys().home),
+        vec!["./.ssh", "./.ssh/authorized_keys"]
+    );
+}
+
+#[test]
+fn a_primary_is_refused_unless_the_job_allows_it() {
+    let (mut ws, pg) = pg_workspace();
+    let db = unique("prim");
+    pg.create_database(
+        &db,
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);",
+    );
+    pg_job(&mut ws, "strict", &db, &pg.conninfo(false), "");
+    pg_job(
+        &mut ws,
+        "lenient",
+        &db,
+        &pg.conninfo(false),
+        "allow_primary = true",
+    );
+    let out = ws.bk(&["run", "strict"]).fails_with(1);
+    assert!(
+        out.stderr.contains("is a primary") && out.stderr.contains("allow_primary"),
+        "{}",
+        out.stderr
+    );
+    assert!(ws.backup_ids("strict").is_empty());
+    ws.bk(&["run", "lenient"]).ok();
+    let id = ws.backup_ids("lenient").remove(0);
+    let details = &decrypted_manifest(&ws, "lenient", &id)[0]["details"];
+    assert_eq!(details["postgres"]["in_recovery"], false, "{details}");
+    assert_eq!(details["row_counts"]["public.t"], 2, "{details}");
+}
+
+/// Every scenario that pauses the shared replica's replay, one after another.
+#[test]
+fn replay_pauses_are_exact_and_always_resumed() {
+    let (mut ws, pg) = pg_workspace();
+    let db = unique("paused");
+    pg.create_database(&db, SHOP);
+    let replica = pg.conninfo(true);
+
+    // Success: exact counts, replay running again afterwards.
+    pg_job(&mut ws, "ok", &db, &replica, "pause_replay = true");
+    ws.bk(&["run", "ok"]).ok();
+    assert_eq!(pg.pause_state(), "not paused");
+    let id = ws.backup_ids("ok").remove(0);
+    let details = &decrypted_manifest(&ws, "ok", &id)[0]["details"];
+    assert_eq!(details["row_counts_exact"], true, "{details}");
+    assert_eq!(details["replay_paused"], true, "{details}");
+    assert_eq!(
+        details["row_counts"]["billing.invoices"], 12000,
+        "{details}"
+    );
+
+    // Failure after the pause (the database is gone): replay resumes all the same.
+    pg_job(
+        &mut ws,
+        "broken",
+        "no_such_database",
+        &replica,
+        "pause_replay = true",
+    );
+    let out = ws.bk(&["run", "broken"]).fails_with(1);
+    assert!(out.stderr.contains("no_such_database"), "{}", out.stderr);
+    wait_for_state(pg, "not paused", "after a failed run");
+
+    // bk killed (SIGKILL) while replay is paused and the dump waits on a lock: the
+    // watchdog on the source host sees its stdin close and resumes replay.
+    let locker = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.primary_port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            &db,
+        ])
+        .args([
+            "-c",
+            "BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(40); COMMIT;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The lock's WAL record reaches the replica once some commit flushes WAL.
+    std::thread::sleep(Duration::from_secs(1));
+    pg.primary("postgres", "SELECT pg_switch_wal()");
+    pg.wait_caught_up();
+    let mut bk = Command::new(bk_path())
+        .args(["--config", ws.config.to_str().unwrap(), "run", "ok"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_state(pg, "paused", "while the job runs");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        bk.try_wait().unwrap().is_none(),
+        "the job finished instead of waiting on the lock"
+    );
+    bk.kill().unwrap();
+    bk.wait().unwrap();
+    wait_for_state(pg, "not paused", "after bk was killed");
+    pg.primary(
+        "postgres",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'BEGIN; LOCK TABLE customers%'",
+    );
+    let mut locker = locker;
+    let _ = locker.wait();
+    assert_eq!(
+        ws.backup_ids("ok").len(),
+        1,
+        "the killed run committed something"
+    );
+
+    // A lagging replica is refused: replay paused by hand while the primary writes.
+    pg.replica("postgres", "SELECT pg_wal_replay_pause()");
+    wait_for_state(pg, "paused", "paused by hand");
+    pg.primary(&db, "INSERT INTO customers VALUES (100001, 'late')");
+    std::thread::sleep(Duration::from_secs(3));
+    pg_job(
+        &mut ws,
+        "impatient",
+        &db,
+        &replica,
+        "max_replay_lag = \"1s\"",
+    );
+    let out = ws.bk(&["run", "impatient"]);
+    pg.replica("postgres", "SELECT pg_wal_replay_resume()");
+    let out = out.fails_with(1);
+    assert!(
+        out.stderr.contains("replay lag") && out.stderr.contains("max_replay_lag"),
+        "{}",
+        out.stderr
+    );
+    wait_for_state(pg, "not paused", "resumed by hand");
+}
+
+fn wait_for_state(pg: &Cluster, want: &str, when: &str) {
+    let start = Instant::now();
+    loop {
+        let state = pg.pause_state();
+        if state == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "replay is `{state}` {when}, expected `{want}`"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -278,16 +278,36 @@ pub fn children_of(parent: u32) -> Vec<u32> {
 }
 
 static EXIT_KILLS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static EXIT_COMMANDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Runs a shell command when the test binary exits (e.g. `pg_ctl stop` for a shared
+/// PostgreSQL): statics are never dropped.
+pub fn register_exit_command(command: String) {
+    EXIT_COMMANDS.lock().unwrap().push(command);
+    register_exit_kill(0);
+}
 
 /// Kills `pid` (and its process group's stragglers) when the test binary exits:
 /// statics are never dropped, and a leaked server would outlive the test run.
 pub fn register_exit_kill(pid: u32) {
     static REGISTERED: OnceLock<()> = OnceLock::new();
-    EXIT_KILLS.lock().unwrap().push(pid);
+    if pid != 0 {
+        EXIT_KILLS.lock().unwrap().push(pid);
+    }
     REGISTERED.get_or_init(|| {
         extern "C" fn at_exit() {
+            if let Ok(commands) = EXIT_COMMANDS.lock() {
+                for c in commands.iter() {
+                    let _ = Command::new("sh")
+                        .arg("-c")
+                        .arg(c)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
             if let Ok(pids) = EXIT_KILLS.lock() {
-                for pid in pids.iter() {
+                for pid in pids.iter().filter(|p| **p != 0) {
                     for child in children_of(*pid) {
                         for grandchild in children_of(child) {
                             // SAFETY: signals to processes this test binary started.

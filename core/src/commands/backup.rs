@@ -37,7 +37,10 @@ pub enum BackupError {
     #[error("job `{job}`: {source}")]
     Repo { job: String, source: RepoError },
     #[error("job `{job}`: {source}")]
-    Source { job: String, source: SourceError },
+    Source {
+        job: String,
+        source: Box<SourceError>,
+    },
     #[error("job `{job}`: {source}")]
     Pipeline { job: String, source: PipelineError },
     #[error("job `{job}`: writing the manifest: {source}")]
@@ -144,7 +147,7 @@ async fn run_recorded(
         tracing::Span::current().record("run", id);
     }
     tracing::info!(job = job_name, run = run_id, host = %job.host, kind = job.kind.as_str(), "backup started");
-    let attempt = attempt(config, repo, job_name, job, cancel);
+    let attempt = attempt_with_retries(config, repo, job_name, job, cancel);
     let result = match job.timeout {
         Some(after) => tokio::time::timeout(after, attempt)
             .await
@@ -187,6 +190,38 @@ async fn run_recorded(
     result
 }
 
+/// Runs `attempt`, again after a hot standby cancelled the dump ("conflict with
+/// recovery"), waiting 5 s, 10 s, 20 s… in between, up to the job's `conflict_retries`.
+async fn attempt_with_retries(
+    config: &Config,
+    repo: &Repository,
+    job_name: &str,
+    job: &JobConfig,
+    cancel: &CancellationToken,
+) -> Result<BackupReport, BackupError> {
+    let mut retries = 0;
+    loop {
+        let result = attempt(config, repo, job_name, job, cancel).await;
+        let conflict = matches!(&result, Err(BackupError::Source { source, .. })
+            if source::postgres::is_recovery_conflict(source));
+        if !conflict || retries >= job.conflict_retries || cancel.is_cancelled() {
+            return result;
+        }
+        let wait = Duration::from_secs(5 << retries.min(6));
+        tracing::warn!(
+            job = job_name,
+            retry = retries + 1,
+            "the replica cancelled the dump (conflict with recovery); retrying in {}s",
+            wait.as_secs()
+        );
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = cancel.cancelled() => return result,
+        }
+        retries += 1;
+    }
+}
+
 async fn attempt(
     config: &Config,
     repo: &Repository,
@@ -200,9 +235,9 @@ async fn attempt(
         job: name.clone(),
         source,
     };
-    let source_err = |source| BackupError::Source {
+    let source_err = |source: SourceError| BackupError::Source {
         job: name.clone(),
-        source,
+        source: Box::new(source),
     };
     let pipe_err = |source| BackupError::Pipeline {
         job: name.clone(),
@@ -224,6 +259,15 @@ async fn attempt(
     repo.init().await.map_err(repo_err)?;
     let plan = DumpPlan::for_job(job).map_err(source_err)?;
     let host = SourceHost::resolve(config, &job.host).map_err(source_err)?;
+    // Database checks (replica, lag), the replay pause, globals and row counts.
+    let pg = match job.kind {
+        JobKind::Postgres => Some(
+            source::postgres::PgSession::begin(&host, job_name, job)
+                .await
+                .map_err(source_err)?,
+        ),
+        _ => None,
+    };
     let started = Utc::now();
     let id = BackupId::new(started);
     let mut tool_versions = BTreeMap::from([("bk".to_string(), crate::VERSION.to_string())]);
@@ -279,13 +323,19 @@ async fn attempt(
     let sealed = match sealed {
         Ok(sealed) => sealed,
         Err(e) => {
-            // A source that failed on its own is the cause; the broken stream is its symptom.
-            // One that bk had to kill (SIGKILL) is not.
+            // When the upload failed, that is the cause, and a source that then died of
+            // SIGPIPE or SIGKILL is its symptom. When reading the stream failed (e.g. a
+            // tar that does not parse), a source that failed on its own is the cause.
             if running.try_outcome().is_none() {
                 running.kill().await;
             }
             let (outcome, stderr) = running.wait().await;
-            if outcome != source::ExitOutcome::Signal(libc::SIGKILL) {
+            let symptom = matches!(
+                outcome,
+                source::ExitOutcome::Signal(libc::SIGKILL | libc::SIGPIPE)
+                    | source::ExitOutcome::Code(141)
+            );
+            if !matches!(e, PipelineError::Upload { .. }) && !symptom {
                 plan.judge(&job.host, outcome, stderr).map_err(source_err)?;
             }
             return Err(pipe_err(e));
@@ -298,12 +348,26 @@ async fn attempt(
         upload,
     } = sealed;
     let (outcome, stderr) = running.wait().await;
+    let mut details = BTreeMap::new();
+    let mut source_warnings = Vec::new();
+    if let Some(pg) = pg {
+        details = pg.details.clone();
+        source_warnings = pg.warnings.clone();
+        // Replay must be running again before anything else is decided.
+        if let Err(e) = pg.finish(job).await {
+            upload.abort().await;
+            return Err(source_err(e));
+        }
+    }
     if cancel.is_cancelled() {
         upload.abort().await;
         return Err(interrupted());
     }
     let warnings = match plan.judge(&job.host, outcome, stderr) {
-        Ok(w) => w,
+        Ok(mut w) => {
+            w.extend(source_warnings);
+            w
+        }
         Err(e) => {
             upload.abort().await;
             return Err(source_err(e));
@@ -330,7 +394,7 @@ async fn attempt(
         tool_versions,
         warnings: warnings.clone(),
         entries: 0,
-        details: BTreeMap::new(),
+        details,
     };
     let entries = spool.count();
     let stored = commit_objects(

@@ -183,6 +183,20 @@ pub struct JobConfig {
     /// `postgres`: libpq connection keywords on the source host.
     #[serde(default)]
     pub conninfo: Option<String>,
+    /// `postgres`: dump a primary too (by default only a hot-standby replica is dumped).
+    #[serde(default)]
+    pub allow_primary: bool,
+    /// `postgres`: refuse to dump a replica whose replay lag is above this.
+    #[serde(default = "default_max_replay_lag", with = "humantime_serde")]
+    pub max_replay_lag: Duration,
+    /// `postgres`: pause WAL replay on the replica for the dump (no recovery conflicts,
+    /// exact row counts); replay is always resumed, also when the run fails or bk dies.
+    #[serde(default)]
+    pub pause_replay: bool,
+    /// `postgres`: retries after "canceling statement due to conflict with recovery"
+    /// (waiting 5 s, 10 s, 20 s… between them).
+    #[serde(default = "default_conflict_retries")]
+    pub conflict_retries: u32,
     /// `directory`: the directory to archive.
     #[serde(default)]
     pub path: Option<String>,
@@ -283,6 +297,12 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_keepalive() -> Duration {
     Duration::from_secs(15)
+}
+fn default_max_replay_lag() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_conflict_retries() -> u32 {
+    3
 }
 fn default_stall_timeout() -> Duration {
     Duration::from_secs(600)

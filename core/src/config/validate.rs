@@ -171,6 +171,10 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
             unused("exclude", !job.exclude.is_empty(), out);
         }
     }
+    if job.kind != JobKind::Postgres {
+        unused("allow_primary", job.allow_primary, out);
+        unused("pause_replay", job.pause_replay, out);
+    }
     if chrono_tz::Tz::from_str(&job.timezone).is_err() {
         out.push(format!(
             "{at}.timezone = {:?} is not an IANA time zone (e.g. \"Europe/Berlin\")",

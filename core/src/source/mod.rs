@@ -9,6 +9,7 @@
 pub mod command;
 pub mod directory;
 pub mod local;
+pub mod postgres;
 pub mod shell;
 pub mod ssh;
 pub mod stall;
@@ -98,6 +99,12 @@ pub enum SourceError {
     },
     #[error("host `{host}`: cannot run the remote command: {reason}")]
     Remote { host: String, reason: String },
+    #[error("job `{job}` refused to dump from host `{host}`: {reason}")]
+    Refused {
+        host: String,
+        job: String,
+        reason: String,
+    },
 }
 
 /// An error and its causes, one sentence each.
@@ -141,6 +148,7 @@ impl DumpPlan {
         match job.kind {
             JobKind::Directory => Ok(directory::plan(job)),
             JobKind::Command => Ok(command::plan(job)),
+            JobKind::Postgres => Ok(postgres::plan(job)),
             other => Err(SourceError::Unsupported {
                 host: job.host.clone(),
                 kind: other.as_str().into(),

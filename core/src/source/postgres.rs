@@ -1,0 +1,413 @@
+//! `postgres` jobs: `pg_dump --format=custom -Z0` of one database (bk compresses),
+//! run on the source host, normally against a hot-standby replica.
+//!
+//! Before the dump, `psql` checks the server: a primary is refused unless the job sets
+//! `allow_primary`, a replica lagging more than `max_replay_lag` is refused. The
+//! manifest records that state, `pg_dumpall --globals-only` (roles, tablespaces) and
+//! per-table row counts (exact when taken while replay is paused).
+//!
+//! With `pause_replay`, WAL replay is paused for the dump and must never stay paused:
+//! the pause is owned by a *watchdog* on the source host, a shell that pauses replay,
+//! then blocks reading its stdin, and resumes replay when that stdin closes. bk holds
+//! the other end: it closes it when the dump ends, and the kernel closes it if bk
+//! dies or the connection drops, so replay resumes in every case.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::shell::quote;
+use super::{DumpPlan, ExitOutcome, SourceError, SourceHost};
+use crate::config::{JobConfig, JobKind};
+
+/// The stderr line a hot standby gives when replay cancels a dump's query.
+pub const RECOVERY_CONFLICT: &str = "conflict with recovery";
+/// How long replay may take to actually stop after `pg_wal_replay_pause()`.
+const PAUSE_WAIT: Duration = Duration::from_secs(30);
+
+pub fn plan(job: &JobConfig) -> DumpPlan {
+    let database = job.database.clone().unwrap_or_default();
+    let mut describe = BTreeMap::from([("database".to_string(), database)]);
+    if let Some(c) = &job.conninfo {
+        describe.insert("conninfo".into(), redact(c));
+    }
+    DumpPlan {
+        kind: JobKind::Postgres,
+        command: format!(
+            "pg_dump --format=custom --compress=0 --no-password --dbname={}",
+            quote(&connstr(job))
+        ),
+        describe,
+        version_command: Some("pg_dump --version".into()),
+    }
+}
+
+/// The job's conninfo with its database appended (libpq keeps the last value of a key).
+pub fn connstr(job: &JobConfig) -> String {
+    let mut s = job.conninfo.clone().unwrap_or_default();
+    if let Some(db) = &job.database {
+        if !s.trim().is_empty() {
+            s.push(' ');
+        }
+        s.push_str("dbname=");
+        s.push_str(&libpq_value(db));
+    }
+    s
+}
+
+/// Quotes a libpq conninfo value.
+fn libpq_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', r"\\").replace('\'', r"\'"))
+}
+
+/// conninfo without its password, for the manifest and messages.
+fn redact(conninfo: &str) -> String {
+    conninfo
+        .split_whitespace()
+        .map(|w| {
+            if w.starts_with("password=") {
+                "password=…"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn psql(job: &JobConfig, sql: &str) -> String {
+    format!(
+        "psql -X -q -At -F '|' -v ON_ERROR_STOP=1 --no-password --dbname={} -c {}",
+        quote(&connstr(job)),
+        quote(sql)
+    )
+}
+
+/// A postgres dump in progress: the checks done, the pause held (if any).
+pub struct PgSession {
+    host: SourceHost,
+    job_name: String,
+    watchdog: Option<Watchdog>,
+    /// Facts for the manifest's `details`.
+    pub details: BTreeMap<String, serde_json::Value>,
+    pub warnings: Vec<String>,
+}
+
+impl PgSession {
+    /// Checks the server, pauses replay if asked, and records globals and row counts.
+    /// Dropping the session (on any error) lets the watchdog resume replay.
+    pub async fn begin(
+        host: &SourceHost,
+        job_name: &str,
+        job: &JobConfig,
+    ) -> Result<PgSession, SourceError> {
+        let mut session = PgSession {
+            host: host.clone(),
+            job_name: job_name.to_string(),
+            watchdog: None,
+            details: BTreeMap::new(),
+            warnings: Vec::new(),
+        };
+        let state = session
+            .query(
+                job,
+                "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN 0 \
+                 WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                 ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, \
+                 current_setting('server_version')",
+            )
+            .await?;
+        let fields: Vec<&str> = state.trim().split('|').collect();
+        let in_recovery = fields.first() == Some(&"t");
+        let lag: f64 = fields.get(1).and_then(|l| l.parse().ok()).unwrap_or(0.0);
+        let version = fields.get(2).copied().unwrap_or("").to_string();
+        session.details.insert(
+            "postgres".into(),
+            json!({ "in_recovery": in_recovery, "replay_lag_seconds": lag, "server_version": version }),
+        );
+        if !in_recovery && !job.allow_primary {
+            return Err(session.refuse(
+                "the server is a primary (pg_is_in_recovery() is false): point the job at a \
+                 replica, or set allow_primary = true",
+            ));
+        }
+        if in_recovery && lag > job.max_replay_lag.as_secs_f64() {
+            return Err(session.refuse(&format!(
+                "the replica's replay lag is {lag:.0}s, above max_replay_lag = {}",
+                humantime::format_duration(job.max_replay_lag)
+            )));
+        }
+        if job.pause_replay && in_recovery {
+            session.pause(job).await?;
+        }
+        session
+            .count_rows(job, job.pause_replay && in_recovery)
+            .await?;
+        session.globals(job).await?;
+        Ok(session)
+    }
+
+    fn refuse(&self, why: &str) -> SourceError {
+        SourceError::Refused {
+            host: self.host.name().to_string(),
+            job: self.job_name.clone(),
+            reason: why.to_string(),
+        }
+    }
+
+    async fn query(&self, job: &JobConfig, sql: &str) -> Result<String, SourceError> {
+        let (outcome, stdout, stderr) = self.host.output(&psql(job, sql)).await?;
+        if outcome != ExitOutcome::Code(0) {
+            return Err(SourceError::Failed {
+                host: self.host.name().to_string(),
+                outcome,
+                stderr: format!("psql: {}", stderr.trim()),
+            });
+        }
+        Ok(stdout)
+    }
+
+    async fn pause(&mut self, job: &JobConfig) -> Result<(), SourceError> {
+        let pause = psql(job, "SELECT pg_wal_replay_pause()");
+        let resume = psql(job, "SELECT pg_wal_replay_resume()");
+        // Resume is retried: the server may be briefly busy; giving up leaves an outage.
+        let script = format!(
+            "{pause} >/dev/null || exit 3; cat >/dev/null; \
+             for i in 1 2 3 4 5 6 7 8 9 10; do {resume} >/dev/null 2>&1 && exit 0; sleep 2; done; exit 4"
+        );
+        let watchdog = Watchdog::spawn(&self.host, &script).await?;
+        self.watchdog = Some(watchdog);
+        // pg_wal_replay_pause() returns before replay has stopped: wait for `paused`.
+        let started = Instant::now();
+        loop {
+            let state = self
+                .query(job, "SELECT pg_get_wal_replay_pause_state()")
+                .await?;
+            if state.trim() == "paused" {
+                break;
+            }
+            if let Some(w) = self.watchdog.as_mut() {
+                if let Some(stderr) = w.exited_early().await {
+                    return Err(SourceError::Failed {
+                        host: self.host.name().to_string(),
+                        outcome: ExitOutcome::Code(3),
+                        stderr: format!("pausing WAL replay failed: {stderr}"),
+                    });
+                }
+            }
+            if started.elapsed() > PAUSE_WAIT {
+                return Err(self.refuse("WAL replay did not pause within 30s"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.details
+            .insert("replay_paused".into(), serde_json::Value::Bool(true));
+        Ok(())
+    }
+
+    async fn count_rows(&mut self, job: &JobConfig, exact: bool) -> Result<(), SourceError> {
+        let generate = "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
+        let cmd = format!(
+            "echo {} | psql -X -q -At -F '|' -v ON_ERROR_STOP=1 --no-password --dbname={}",
+            quote(generate),
+            quote(&connstr(job))
+        );
+        let (outcome, stdout, stderr) = self.host.output(&cmd).await?;
+        if outcome != ExitOutcome::Code(0) {
+            return Err(SourceError::Failed {
+                host: self.host.name().to_string(),
+                outcome,
+                stderr: format!("counting rows: {}", stderr.trim()),
+            });
+        }
+        let counts: BTreeMap<String, u64> = stdout
+            .lines()
+            .filter_map(|l| {
+                let (table, n) = l.rsplit_once('|')?;
+                Some((table.to_string(), n.trim().parse().ok()?))
+            })
+            .collect();
+        self.details.insert("row_counts".into(), json!(counts));
+        self.details
+            .insert("row_counts_exact".into(), serde_json::Value::Bool(exact));
+        Ok(())
+    }
+
+    async fn globals(&mut self, job: &JobConfig) -> Result<(), SourceError> {
+        let base = format!(
+            "pg_dumpall --globals-only --no-password --dbname={}",
+            quote(&job.conninfo.clone().unwrap_or_default())
+        );
+        let (mut outcome, mut stdout, mut stderr) = self.host.output(&base).await?;
+        if outcome != ExitOutcome::Code(0) && stderr.contains("permission denied") {
+            // Not a superuser: pg_authid is out of reach, roles are still worth having.
+            (outcome, stdout, stderr) = self
+                .host
+                .output(&format!("{base} --no-role-passwords"))
+                .await?;
+            self.warnings
+                .push("pg_dumpall --globals-only ran with --no-role-passwords (the backup role is not a superuser)".into());
+        }
+        if outcome != ExitOutcome::Code(0) {
+            return Err(SourceError::Failed {
+                host: self.host.name().to_string(),
+                outcome,
+                stderr: format!("pg_dumpall --globals-only: {}", stderr.trim()),
+            });
+        }
+        self.details
+            .insert("pg_globals".into(), serde_json::Value::String(stdout));
+        Ok(())
+    }
+
+    /// Resumes replay (if paused) and confirms it runs. Runs on success and failure.
+    pub async fn finish(mut self, job: &JobConfig) -> Result<(), SourceError> {
+        let Some(watchdog) = self.watchdog.take() else {
+            return Ok(());
+        };
+        let (outcome, stderr) = watchdog.release().await;
+        let state = self
+            .query(job, "SELECT pg_get_wal_replay_pause_state()")
+            .await;
+        match (&outcome, state) {
+            (ExitOutcome::Code(0), Ok(s)) if s.trim() == "not paused" => Ok(()),
+            (_, state) => Err(SourceError::Failed {
+                host: self.host.name().to_string(),
+                outcome,
+                stderr: format!(
+                    "RESUMING WAL REPLAY FAILED, the replica may still be paused ({}): run \
+                     SELECT pg_wal_replay_resume() on it. {stderr}",
+                    match state {
+                        Ok(s) => format!("state: {}", s.trim()),
+                        Err(e) => e.to_string(),
+                    }
+                ),
+            }),
+        }
+    }
+}
+
+/// True if a failed dump's stderr shows the hot-standby conflict worth retrying.
+pub fn is_recovery_conflict(e: &SourceError) -> bool {
+    matches!(e, SourceError::Failed { stderr, .. } if stderr.contains(RECOVERY_CONFLICT))
+}
+
+/// A command whose stdin bk holds open; it sees EOF when bk lets go, dies, or the
+/// connection drops.
+enum Watchdog {
+    Local {
+        child: tokio::process::Child,
+        stdin: Option<tokio::process::ChildStdin>,
+    },
+    Remote {
+        child: openssh::Child<Arc<openssh::Session>>,
+        stdin: Option<openssh::ChildStdin>,
+    },
+}
+
+impl Watchdog {
+    async fn spawn(host: &SourceHost, script: &str) -> Result<Watchdog, SourceError> {
+        match host {
+            SourceHost::Local => {
+                let mut child = tokio::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(script)
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .map_err(|source| SourceError::Spawn {
+                        host: "local".into(),
+                        source,
+                    })?;
+                let stdin = child.stdin.take();
+                Ok(Watchdog::Local { child, stdin })
+            }
+            SourceHost::Ssh(target) => {
+                let session = super::ssh::session(target).await?;
+                let mut child = openssh::Session::to_raw_command(session, script)
+                    .stdin(openssh::Stdio::piped())
+                    .stdout(openssh::Stdio::null())
+                    .stderr(openssh::Stdio::piped())
+                    .spawn()
+                    .await
+                    .map_err(|e| SourceError::Remote {
+                        host: target.name.clone(),
+                        reason: super::error_chain(&e),
+                    })?;
+                let stdin = child.stdin().take();
+                Ok(Watchdog::Remote { child, stdin })
+            }
+        }
+    }
+
+    /// If the watchdog already ended (its pause failed), its stderr.
+    async fn exited_early(&mut self) -> Option<String> {
+        match self {
+            Watchdog::Local { child, .. } => match child.try_wait() {
+                Ok(Some(_)) => {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        use tokio::io::AsyncReadExt;
+                        let _ = e.read_to_string(&mut err).await;
+                    }
+                    Some(err)
+                }
+                _ => None,
+            },
+            // No try_wait over SSH; the pause-state poll times out instead.
+            Watchdog::Remote { .. } => None,
+        }
+    }
+
+    /// Closes the watchdog's stdin, so it resumes replay, and waits for it.
+    async fn release(self) -> (ExitOutcome, String) {
+        use tokio::io::AsyncReadExt;
+        match self {
+            Watchdog::Local { mut child, stdin } => {
+                drop(stdin);
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err).await;
+                }
+                let outcome = match child.wait().await {
+                    Ok(s) => ExitOutcome::Code(s.code().unwrap_or(-1)),
+                    Err(e) => ExitOutcome::Lost(e.to_string()),
+                };
+                (outcome, err)
+            }
+            Watchdog::Remote { mut child, stdin } => {
+                drop(stdin);
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr().take() {
+                    let _ = e.read_to_string(&mut err).await;
+                }
+                let outcome = match child.wait().await {
+                    Ok(s) => ExitOutcome::Code(s.code().unwrap_or(-1)),
+                    Err(e) => ExitOutcome::Lost(super::error_chain(&e)),
+                };
+                (outcome, err)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_gets_a_quoted_dbname_and_loses_its_password() {
+        assert_eq!(libpq_value("it's"), r"'it\'s'");
+        assert_eq!(
+            redact("host=db password=hunter2 user=backup"),
+            "host=db password=… user=backup"
+        );
+    }
+}
