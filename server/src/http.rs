@@ -1,6 +1,6 @@
 //! The HTTP listener (loopback by default): `/healthz` for liveness checks,
 //! `/metrics` in Prometheus text format, `/api/status` with the same JSON as
-//! `bk status --json`. Read-only: nothing here can start, stop or change a job.
+//! `bk status --json`, and `/`, a one-screen text summary. Read-only: nothing here can start, stop or change a job.
 
 use std::sync::Arc;
 
@@ -9,6 +9,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use bk_core::commands::status::Status;
+use chrono::{DateTime, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -22,6 +24,7 @@ struct AppState {
 
 pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle) -> Router {
     Router::new()
+        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/api/status", get(status))
@@ -55,16 +58,65 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn status(State(app): State<AppState>) -> Response {
+/// The status of every job, read from the catalog off the async threads.
+async fn read_status(app: &AppState) -> Result<Status, String> {
     let loaded = app.shared.current();
-    // The catalog is SQLite behind a mutex: read it off the async threads.
-    let result = tokio::task::spawn_blocking(move || {
-        bk_core::commands::status::status(&loaded.config, &loaded.catalog, chrono::Utc::now())
+    tokio::task::spawn_blocking(move || {
+        bk_core::commands::status::status(&loaded.config, &loaded.catalog, Utc::now())
     })
-    .await;
-    match result {
-        Ok(Ok(status)) => Json(status).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+async fn status(State(app): State<AppState>) -> Response {
+    match read_status(&app).await {
+        Ok(status) => Json(status).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// A one-screen text summary for a human with curl.
+async fn index(State(app): State<AppState>) -> Response {
+    let status = match read_status(&app).await {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let time = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut out = format!(
+        "bk-server {} on {}\n\n{:<20} {:<12} {:<22} {:<22} {}\n",
+        env!("CARGO_PKG_VERSION"),
+        bk_core::catalog::hostname(),
+        "JOB",
+        "LAST RUN",
+        "LAST GOOD BACKUP",
+        "NEXT RUN",
+        "LAST ERROR"
+    );
+    for job in &status.jobs {
+        let last = job.last_run.as_ref();
+        out.push_str(&format!(
+            "{:<20} {:<12} {:<22} {:<22} {}\n",
+            job.job,
+            last.map(|r| r.status.as_str()).unwrap_or("never"),
+            time(job.last_good_backup.as_ref().map(|b| b.finished)),
+            time(job.next_run),
+            last.and_then(|r| r.error.as_deref())
+                .map(one_line)
+                .unwrap_or_default()
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response()
+}
+
+/// An error on one short line: whitespace runs (stderr's newlines) collapsed, cut at 200 characters.
+fn one_line(error: &str) -> String {
+    let flat = error.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}…", &flat[..cut]),
+        None => flat,
     }
 }

@@ -17,11 +17,18 @@ use crate::state::{Loaded, Shared};
 /// Starts a run of `job` on its own task. The caller has already marked it running
 /// in the planner; this task marks it finished, whatever happens.
 pub fn spawn(shared: &Arc<Shared>, job: String, trigger: &'static str) {
+    if !shared.active().insert(job.clone()) {
+        // Only after a reload removed and re-added the job while its run went on.
+        tracing::warn!(job = %job, "its previous run is still going; skipping this scheduled run");
+        shared.planner().finished(&job);
+        return;
+    }
     let span = tracing::info_span!("job", job = %job, run = tracing::field::Empty);
     let task_shared = shared.clone();
     shared.runs.spawn(
         async move {
             run(&task_shared, &job, trigger).await;
+            task_shared.active().remove(&job);
             let next = {
                 let mut planner = task_shared.planner();
                 planner.finished(&job);

@@ -2,7 +2,7 @@
 //! reload, so a running job keeps the snapshot it started with), the planner, the
 //! concurrency limits, the alert sender and the two stop signals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bk_core::catalog::Catalog;
@@ -30,6 +30,9 @@ pub struct Loaded {
 pub struct Shared {
     loaded: RwLock<Arc<Loaded>>,
     pub planner: Mutex<Planner>,
+    /// Jobs with a run in progress. The planner forgets a job removed by a reload;
+    /// this set does not, so a job re-added while its old run goes on cannot start twice.
+    pub active: Mutex<BTreeSet<String>>,
     /// Per job: since when it is watched for being overdue, and whether it was alerted.
     pub watches: Mutex<BTreeMap<String, Watch>>,
     pub alerts: Alerter,
@@ -48,6 +51,7 @@ impl Shared {
         Arc::new(Shared {
             loaded: RwLock::new(Arc::new(loaded)),
             planner: Mutex::new(Planner::new()),
+            active: Mutex::new(BTreeSet::new()),
             watches: Mutex::new(BTreeMap::new()),
             alerts,
             replanned: Notify::new(),
@@ -71,6 +75,10 @@ impl Shared {
 
     pub fn planner(&self) -> std::sync::MutexGuard<'_, Planner> {
         self.planner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn active(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn watches(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Watch>> {

@@ -120,6 +120,16 @@ fn a_failed_run_shows_in_metrics_logs_and_alerts() {
     )
     .is_some());
     assert_eq!(commit_records(&ws, "broken").len(), 0);
+    let (code, page) = d.get("/");
+    assert_eq!(code, 200);
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("broken"))
+        .unwrap_or_else(|| panic!("{page}"));
+    assert!(
+        line.contains("failed") && line.contains("disk on fire"),
+        "{page}"
+    );
     let (status, error) = last_run_row(&ws.catalog(), "broken").expect("a run row");
     assert_eq!(status, "failed");
     assert!(error.unwrap_or_default().contains("disk on fire"));
