@@ -53,6 +53,29 @@ pub enum Command {
         after_help = "Examples:\n  bk restore media latest --identity key.age --to /srv/media.restored\n  bk restore app-db --identity key.age --stdout > app.dump\n  bk restore media --identity key.age --verify"
     )]
     Restore(RestoreArgs),
+    /// Key-less integrity scrub: re-read every stored object and check it against its commit record
+    #[command(after_help = "Examples:\n  bk verify\n  bk verify media --json")]
+    Verify {
+        job: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove uncommitted leftovers of failed or crashed backups (after a grace period)
+    Gc {
+        /// Show what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave uncommitted objects younger than this [default: repository.gc_grace, 24h]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The catalog (the backup server's run history and backup cache)
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
     /// Apply each job's retention: remove the backups no keep_* rule keeps
     #[command(after_help = "Examples:\n  bk prune --dry-run\n  bk prune media")]
     Prune {
@@ -65,6 +88,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every job's last run, last good backup and next run (from the catalog)
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a starter configuration and a key pair into DIR
     Init {
         #[arg(default_value = ".")]
@@ -73,11 +101,22 @@ pub enum Command {
         #[arg(long, default_value = "/usr/share/doc")]
         source: PathBuf,
     },
+    /// Print the authorized_keys line for HOST's source user, restricted to what its jobs run
+    #[command(
+        after_help = "Example:\n  bk authorized-key db1 | ssh root@db1 'cat >> ~bk/.ssh/authorized_keys'"
+    )]
+    AuthorizedKey { host: String },
     /// Configuration commands
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Subcommand)]
+pub enum CatalogCommand {
+    /// Rebuild the backup cache from the repository alone
+    Rebuild,
 }
 
 #[derive(Subcommand)]

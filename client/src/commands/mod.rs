@@ -1,12 +1,17 @@
 //! One module per subcommand; `dispatch` loads what each needs and nothing more.
 
+mod authorized_key;
+mod catalog;
 mod config;
+mod gc;
 mod init;
 mod keygen;
 mod list;
 mod prune;
 mod restore;
 mod run;
+mod status;
+mod verify;
 
 use std::path::Path;
 
@@ -14,7 +19,7 @@ use anyhow::Context;
 use bk_core::config::Config;
 use bk_core::repo::Repository;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{CatalogCommand, Cli, Command, ConfigCommand};
 use crate::Failure;
 
 pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
@@ -28,6 +33,19 @@ pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Prune { job, dry_run, json } => {
             prune::run(&load(config_path)?, job.as_deref(), dry_run, json).await
         }
+        Command::Verify { job, json } => {
+            verify::run(&load(config_path)?, job.as_deref(), json).await
+        }
+        Command::Gc {
+            dry_run,
+            grace,
+            json,
+        } => gc::run(&load(config_path)?, dry_run, grace, json).await,
+        Command::Catalog {
+            command: CatalogCommand::Rebuild,
+        } => catalog::rebuild(&load(config_path)?).await,
+        Command::Status { json } => status::run(&load(config_path)?, json),
+        Command::AuthorizedKey { host } => authorized_key::run(&load(config_path)?, &host),
         Command::Config {
             command: ConfigCommand::Check,
         } => config::check(config_path),

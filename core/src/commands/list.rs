@@ -36,16 +36,21 @@ impl From<&CommitRecord> for Listed {
 }
 
 pub async fn list(repo: &Repository, job: Option<&str>) -> Result<Vec<Listed>, RepoError> {
-    match repo.read_marker().await {
-        Ok(_) => {}
-        // An empty repository simply has no backups yet.
-        Err(RepoError::NotARepository { .. }) => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    }
-    Ok(repo
-        .list_commits(job)
+    Ok(committed(repo, job)
         .await?
         .iter()
         .map(Listed::from)
         .collect())
+}
+
+/// The commit records of a repository, newest first; none for a repository not yet created.
+pub async fn committed(
+    repo: &Repository,
+    job: Option<&str>,
+) -> Result<Vec<CommitRecord>, RepoError> {
+    match repo.read_marker().await {
+        Ok(_) => repo.list_commits(job).await,
+        Err(RepoError::NotARepository { .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }

@@ -3,6 +3,10 @@
 //! exactly the same code.
 
 pub mod backup;
+pub mod catalog;
+pub mod gc;
 pub mod list;
 pub mod prune;
 pub mod restore;
+pub mod status;
+pub mod verify;

@@ -51,9 +51,24 @@ pub struct RepositoryConfig {
     pub url: String,
     /// age recipients every backup is encrypted to: `age1…` keys or `ssh-ed25519`/`ssh-rsa` public keys.
     pub recipients: Vec<String>,
-    /// Backend options passed to object_store (endpoint, region, allow_http, …).
+    /// Backend options passed to object_store (endpoint, region, allow_http, timeout, …).
+    /// Put secrets in `credentials_file` or the environment (AWS_*, GOOGLE_*, AZURE_*), not here.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// A file of `key = value` lines (same keys as `options`) holding storage credentials;
+    /// keep it mode 0600. Read at start; its values never appear in logs or errors.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Retries of a failed storage request (object_store's backoff: 100 ms doubling to 15 s).
+    #[serde(default = "default_max_retries")]
+    pub max_retries: usize,
+    /// Give up retrying a request after this long.
+    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
+    pub retry_timeout: Duration,
+    /// Uncommitted objects younger than this are left alone by `bk gc` (they may be a
+    /// backup still running on another server).
+    #[serde(default = "default_gc_grace", with = "humantime_serde")]
+    pub gc_grace: Duration,
     /// Multipart upload part size. Larger parts allow larger objects (S3 caps uploads at 10,000 parts).
     #[serde(default = "default_part_size")]
     pub part_size: ByteSize,
@@ -82,6 +97,10 @@ pub struct CompressionConfig {
     /// Long-distance matching (window 128 MiB): about 15% smaller, slower, ~150 MiB more memory.
     #[serde(default)]
     pub long: bool,
+    /// Input each zstd worker compresses at a time. zstd's own default (8 MiB at level 3)
+    /// costs ~60 MiB per worker on incompressible data; smaller jobs bound memory.
+    #[serde(default = "default_zstd_job_size")]
+    pub job_size: ByteSize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -278,13 +297,25 @@ fn default_part_size() -> ByteSize {
     ByteSize::mib(16)
 }
 fn default_upload_concurrency() -> usize {
-    4
+    2
 }
 fn default_zstd_level() -> i32 {
     3
 }
 fn default_zstd_workers() -> u32 {
     2
+}
+fn default_max_retries() -> usize {
+    10
+}
+fn default_retry_timeout() -> Duration {
+    Duration::from_secs(180)
+}
+fn default_gc_grace() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_zstd_job_size() -> ByteSize {
+    ByteSize::mib(2)
 }
 fn default_ssh_port() -> u16 {
     22
@@ -332,6 +363,7 @@ impl Default for CompressionConfig {
             level: default_zstd_level(),
             workers: default_zstd_workers(),
             long: false,
+            job_size: default_zstd_job_size(),
         }
     }
 }
@@ -438,6 +470,9 @@ impl Config {
             }
         };
         if let Some(p) = self.catalog.path.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.repository.credentials_file.as_mut() {
             fix(p);
         }
         for host in self.hosts.values_mut() {

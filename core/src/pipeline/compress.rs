@@ -11,6 +11,8 @@ pub fn compressor<W: Write>(out: W, config: &CompressionConfig) -> io::Result<Co
     let mut z = zstd::stream::write::Encoder::new(out, config.level)?;
     if config.workers > 0 {
         z.multithread(config.workers)?;
+        let job = u32::try_from(config.job_size.bytes()).unwrap_or(u32::MAX);
+        z.set_parameter(zstd::stream::raw::CParameter::JobSize(job))?;
     }
     z.include_checksum(true)?;
     if config.long {

@@ -24,8 +24,16 @@ impl PendingUpload {
     }
 
     /// Completes the object. Only now does it appear in the store.
-    pub async fn finish(self) -> Result<(), PipelineError> {
+    pub async fn finish(mut self) -> Result<(), PipelineError> {
         let key = self.key.to_string();
+        // Wait for the parts in flight first: object_store's `finish` reports the
+        // abort's error instead of the part's when both fail, hiding the cause.
+        if let Err(source) = self.writer.wait_for_capacity(0).await {
+            if let Err(e) = self.writer.abort().await {
+                tracing::warn!(key, error = %e, "aborting the multipart upload failed; `bk gc` removes leftovers");
+            }
+            return Err(PipelineError::Upload { key, source });
+        }
         self.writer
             .finish()
             .await

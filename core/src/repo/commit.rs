@@ -45,6 +45,11 @@ pub struct StoredObject {
 }
 
 impl CommitRecord {
+    /// Every object this backup consists of, besides the commit record itself.
+    pub fn objects(&self) -> Vec<&StoredObject> {
+        vec![&self.payload, &self.manifest]
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         let mut out = serde_json::to_vec_pretty(self).expect("commit record serializes");
         out.push(b'\n');

@@ -10,13 +10,12 @@ pub mod id;
 pub mod layout;
 pub mod manifest;
 pub mod marker;
+pub mod store;
 
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::config::RepositoryConfig;
@@ -64,39 +63,23 @@ pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 pub struct Repository {
     store: Arc<dyn ObjectStore>,
     url: String,
+    /// What the store does with create-only writes, probed once per process.
+    create_only: Arc<tokio::sync::OnceCell<store::CreateOnly>>,
 }
 
 impl Repository {
     /// Opens the store named by the configuration. Does not touch the marker.
     pub fn open(config: &RepositoryConfig) -> Result<Self> {
         let url = redact_url(&config.url);
-        let open_err = |reason: String| RepoError::Open {
+        let store = store::build(config).map_err(|reason| RepoError::Open {
             url: url.clone(),
             reason,
-        };
-        let parsed = url::Url::parse(&config.url).map_err(|e| open_err(e.to_string()))?;
-        let store: Arc<dyn ObjectStore> = if parsed.scheme() == "file" {
-            let root = parsed
-                .to_file_path()
-                .map_err(|_| open_err("not a local path".into()))?;
-            create_private_dir(&root)
-                .map_err(|e| open_err(format!("creating {}: {e}", root.display())))?;
-            Arc::new(
-                LocalFileSystem::new_with_prefix(&root)
-                    .map_err(|e| open_err(e.to_string()))?
-                    .with_fsync(true)
-                    .with_automatic_cleanup(true),
-            )
-        } else {
-            let (store, prefix) = object_store::parse_url_opts(&parsed, config.options.iter())
-                .map_err(|e| open_err(e.to_string()))?;
-            if prefix.as_ref().is_empty() {
-                Arc::from(store)
-            } else {
-                Arc::new(PrefixStore::new(store, prefix))
-            }
-        };
-        Ok(Repository { store, url })
+        })?;
+        Ok(Repository {
+            store,
+            url,
+            create_only: Default::default(),
+        })
     }
 
     /// A repository over an already built store (tests, other backends).
@@ -104,6 +87,7 @@ impl Repository {
         Repository {
             store,
             url: redact_url(url),
+            create_only: Default::default(),
         }
     }
 
@@ -111,13 +95,42 @@ impl Repository {
         &self.store
     }
 
+    /// The root directory of a `file://` repository.
+    pub fn local_root(&self) -> Option<std::path::PathBuf> {
+        url::Url::parse(&self.url)
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok())
+    }
+
     /// The URL for messages, without credentials.
     pub fn url(&self) -> &str {
         &self.url
     }
 
+    /// Whether the store enforces create-only writes (probed on first use).
+    pub async fn create_only(&self) -> Result<store::CreateOnly> {
+        self.create_only
+            .get_or_try_init(|| async {
+                let found =
+                    store::probe_create_only(self.store.as_ref(), &crate::catalog::hostname())
+                        .await
+                        .map_err(|source| RepoError::Store {
+                            key: "bk-probe/".into(),
+                            source,
+                        })?;
+                if found != store::CreateOnly::Enforced {
+                    tracing::warn!(repository = %self.url, "{}", found.describe());
+                }
+                Ok(found)
+            })
+            .await
+            .copied()
+    }
+
     /// Reads the marker, creating it (create-only) if the repository is new.
     pub async fn init(&self) -> Result<Marker> {
+        self.create_only().await?;
         match self.read_marker().await {
             Err(RepoError::NotARepository { .. }) => {}
             other => return other,
@@ -200,9 +213,35 @@ impl Repository {
         Ok(record)
     }
 
-    /// Writes a commit record, create-only: an existing record is never replaced.
+    /// Writes a commit record, create-only: an existing record is never replaced. On a
+    /// store that ignores create-only writes, it checks for an existing record first
+    /// (backup IDs carry 64 random bits, so this is a second line of defence).
     pub async fn put_commit(&self, record: &CommitRecord) -> Result<()> {
         let key = layout::commit(&record.job, &record.backup_id);
+        if self.create_only().await? != store::CreateOnly::Enforced {
+            match self.store.head(&key).await {
+                Ok(_) => {
+                    return Err(RepoError::CommitExists {
+                        key: key.to_string(),
+                    })
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => {
+                    return Err(RepoError::Store {
+                        key: key.to_string(),
+                        source,
+                    })
+                }
+            }
+            let put = self
+                .store
+                .put(&key, PutPayload::from(record.to_json()))
+                .await;
+            return put.map(|_| ()).map_err(|source| RepoError::Store {
+                key: key.to_string(),
+                source,
+            });
+        }
         match self
             .store
             .put_opts(
@@ -286,17 +325,6 @@ pub fn redact_url(url: &str) -> String {
         }
         Err(_) => "<invalid url>".into(),
     }
-}
-
-fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if path.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
 }
 
 #[cfg(test)]

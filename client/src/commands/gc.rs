@@ -1,0 +1,36 @@
+//! `bk gc [--dry-run] [--grace DURATION]`: removes uncommitted leftovers.
+
+use std::time::Duration;
+
+use bk_core::commands::gc;
+use bk_core::config::Config;
+
+use crate::output;
+use crate::Failure;
+
+pub async fn run(
+    config: &Config,
+    dry_run: bool,
+    grace: Option<Duration>,
+    json: bool,
+) -> Result<(), Failure> {
+    let repo = super::open_repo(config)?;
+    let grace = grace.unwrap_or(config.repository.gc_grace);
+    let report = gc::gc(&repo, grace, chrono::Utc::now(), dry_run).await?;
+    if json {
+        output::json(&report)?;
+        return Ok(());
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for key in &report.removed {
+        println!("{verb} {key}");
+    }
+    println!(
+        "{verb} {} object(s), {}; {} uncommitted object(s) younger than {} left alone",
+        report.removed.len(),
+        output::size(report.bytes),
+        report.kept_recent.len(),
+        humantime::format_duration(grace)
+    );
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `bk status [--json]`
+
+use bk_core::catalog::Catalog;
+use bk_core::commands::status;
+use bk_core::config::Config;
+
+use crate::output;
+use crate::Failure;
+
+pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
+    let catalog = Catalog::open(&config.catalog_path())?;
+    catalog.mark_orphaned_runs()?;
+    let status = status::status(config, &catalog, chrono::Utc::now())?;
+    if json {
+        output::json(&status)?;
+        return Ok(());
+    }
+    println!(
+        "{:<16} {:<10} {:<28} {:<24} NEXT RUN",
+        "JOB", "HOST", "LAST RUN", "LAST GOOD BACKUP"
+    );
+    for j in &status.jobs {
+        let last = j
+            .last_run
+            .as_ref()
+            .map(|r| format!("{} {}", r.status.as_str(), output::age(r.started)))
+            .unwrap_or_else(|| "never".into());
+        let good = j
+            .last_good_backup
+            .as_ref()
+            .map(|b| {
+                format!(
+                    "{} ({})",
+                    output::age(b.finished),
+                    output::size(b.source_size)
+                )
+            })
+            .unwrap_or_else(|| "none".into());
+        let next = j
+            .next_run
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_else(|| "manual".into());
+        println!(
+            "{:<16} {:<10} {:<28} {:<24} {next}",
+            j.job, j.host, last, good
+        );
+        if j.overdue {
+            let window = match j.expect_within_seconds.unwrap_or(0) {
+                s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+                s => format!("{s}s"),
+            };
+            println!("  OVERDUE: no good backup within {window}");
+        }
+        if let Some(err) = j.last_run.as_ref().and_then(|r| r.error.as_deref()) {
+            println!("  last error: {}", err.lines().next().unwrap_or(err));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests talk to, on a fresh Debian 12 machine (as root).
+# Idempotent: skips what is already there. Each part of bk's test suite adds its
+# services here, never by hand.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have age || need+=(age)
+have zstd || need+=(zstd)
+have tar || need+=(tar)
+have b3sum || need+=(b3sum)
+# SSH and PostgreSQL sources (tests/harness/sshd.rs, tests/harness/postgres.rs).
+test -x /usr/sbin/sshd || need+=(openssh-server)
+have ssh || need+=(openssh-client)
+test -x /usr/lib/postgresql/15/bin/initdb || need+=(postgresql-15)
+have pg_restore || need+=(postgresql-client-15)
+have flock || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# moto's S3 server (strict conditional writes, like AWS) and boto3 for inspecting buckets.
+python3 -c 'import moto.server, boto3' 2>/dev/null || pip install -q 'moto[server]'
