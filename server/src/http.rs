@@ -61,12 +61,16 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
 /// The status of every job, read from the catalog off the async threads.
 async fn read_status(app: &AppState) -> Result<Status, String> {
     let loaded = app.shared.current();
-    tokio::task::spawn_blocking(move || {
+    let mut status = tokio::task::spawn_blocking(move || {
         bk_core::commands::status::status(&loaded.config, &loaded.catalog, Utc::now())
     })
     .await
     .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    for job in &mut status.jobs {
+        job.overdue |= crate::overdue::is_overdue(&app.shared, &job.job);
+    }
+    Ok(status)
 }
 
 async fn status(State(app): State<AppState>) -> Response {

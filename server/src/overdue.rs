@@ -20,12 +20,20 @@ const MAX_CHECK: Duration = Duration::from_secs(60);
 pub struct Watch {
     since: DateTime<Utc>,
     alerted: bool,
+    overdue: bool,
+}
+
+/// Whether the last check found `job` overdue (measured from when the daemon began
+/// watching it, which `bk status` alone cannot know for a job that never ran).
+pub fn is_overdue(shared: &Shared, job: &str) -> bool {
+    shared.watches().get(job).is_some_and(|w| w.overdue)
 }
 
 /// A good backup ends the job's overdue episode.
 pub fn good_backup(shared: &Shared, job: &str) {
     if let Some(w) = shared.watches().get_mut(job) {
         w.alerted = false;
+        w.overdue = false;
     }
     crate::metrics::overdue(job, false);
 }
@@ -63,8 +71,10 @@ fn check(shared: &Shared, now: DateTime<Utc>) -> Duration {
         let w = watches.entry(name.clone()).or_insert(Watch {
             since: loaded.loaded_at,
             alerted: false,
+            overdue: false,
         });
         let overdue = schedule::is_overdue(last_good, w.since, window, now);
+        w.overdue = overdue;
         crate::metrics::overdue(name, overdue);
         if !overdue {
             w.alerted = false;

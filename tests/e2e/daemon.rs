@@ -182,6 +182,10 @@ fn a_job_with_no_good_backup_in_its_window_raises_one_overdue_alert() {
         sample(&metrics(&d), "bk_job_overdue", &[("job", "forgotten")]),
         Some(1.0)
     );
+    assert_eq!(
+        job_status(&d.status(), "forgotten").map(|j| j["overdue"].clone()),
+        Some(serde_json::Value::Bool(true))
+    );
     // One alert per overdue episode, not one per check.
     std::thread::sleep(Duration::from_secs(3));
     let overdue = hooks
@@ -306,4 +310,25 @@ fn kill_9_during_a_backup_is_recovered_at_the_next_start() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
     assert!(commit_records(&ws, "big").is_empty());
+}
+
+#[test]
+fn bk_status_shows_an_overdue_job_without_the_daemon() {
+    let mut ws = Workspace::new();
+    ws.add("[jobs.flaky]\nkind = \"command\"\ncommand = \"exit 1\"\nexpect_within = \"1s\"\n");
+    ws.add("[jobs.fine]\nkind = \"command\"\ncommand = \"echo ok\"\nexpect_within = \"1h\"\n");
+    ws.bk(&["run", "flaky"]).fails_with(1);
+    ws.bk(&["run", "fine"]).ok();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = ws.bk(&["status", "--json"]).ok().json();
+    assert_eq!(
+        job_status(&status, "flaky").map(|j| j["overdue"].clone()),
+        Some(serde_json::Value::Bool(true))
+    );
+    assert_eq!(
+        job_status(&status, "fine").map(|j| j["overdue"].clone()),
+        Some(serde_json::Value::Bool(false))
+    );
+    let text = ws.bk(&["status"]).ok().stdout;
+    assert!(text.contains("OVERDUE: no good backup within 1s"), "{text}");
 }

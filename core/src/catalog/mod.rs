@@ -298,6 +298,17 @@ impl Catalog {
         })
     }
 
+    /// When the catalog first saw `job` (its first run), if ever.
+    pub fn first_seen(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        self.with(|c| {
+            c.query_row("SELECT first_seen FROM jobs WHERE name = ?1", [job], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+        })
+        .map(|t| t.map(|t| parse_time(&t)))
+    }
+
     pub fn forget_backup(&self, backup_id: &str) -> Result<()> {
         self.with(|c| {
             c.execute("DELETE FROM backups WHERE backup_id = ?1", [backup_id])
