@@ -51,6 +51,9 @@ fn backup_to_s3_restores_and_scrubs_clean() {
     let scrub = ws.bk(&["verify", "--json"]).ok().json();
     assert_eq!(scrub["checked"], 1);
     assert_eq!(scrub["damaged"], 0);
+    // moto enforces If-None-Match like AWS, and bk status says so.
+    let status = ws.bk(&["status", "--json"]).ok().json();
+    assert_eq!(status["repository"]["create_only"], "enforced", "{status}");
     // The credentials never show up in what bk prints.
     for out in [
         ws.bk(&["run", "db"]).ok(),

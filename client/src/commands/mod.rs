@@ -44,7 +44,7 @@ pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Catalog {
             command: CatalogCommand::Rebuild,
         } => catalog::rebuild(&load(config_path)?).await,
-        Command::Status { json } => status::run(&load(config_path)?, json),
+        Command::Status { json } => status::run(&load(config_path)?, json).await,
         Command::AuthorizedKey { host } => authorized_key::run(&load(config_path)?, &host),
         Command::Config {
             command: ConfigCommand::Check,

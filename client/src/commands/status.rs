@@ -7,14 +7,22 @@ use bk_core::config::Config;
 use crate::output;
 use crate::Failure;
 
-pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
+pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
     let catalog = Catalog::open(&config.catalog_path())?;
     catalog.mark_orphaned_runs()?;
     let status = status::status(config, &catalog, chrono::Utc::now())?;
+    let storage = storage_guarantees(config).await;
     if json {
-        output::json(&status)?;
+        let mut doc = serde_json::to_value(&status).map_err(anyhow::Error::from)?;
+        doc["repository"] = storage;
+        output::json(&doc)?;
         return Ok(());
     }
+    println!(
+        "repository {}: {}",
+        storage["url"].as_str().unwrap_or_default(),
+        storage["guarantees"].as_str().unwrap_or_default()
+    );
     println!(
         "{:<16} {:<10} {:<28} {:<24} NEXT RUN",
         "JOB", "HOST", "LAST RUN", "LAST GOOD BACKUP"
@@ -56,4 +64,29 @@ pub fn run(config: &Config, json: bool) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// What the store guarantees, probed now (a few seconds at most); the catalog alone
+/// cannot say, and a store that stopped enforcing create-only writes must be visible.
+async fn storage_guarantees(config: &Config) -> serde_json::Value {
+    let url = bk_core::repo::redact_url(&config.repository.url);
+    let probed = match bk_core::repo::Repository::open(&config.repository) {
+        Ok(repo) => {
+            match tokio::time::timeout(std::time::Duration::from_secs(15), repo.create_only()).await
+            {
+                Ok(Ok(found)) => Ok(found),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 15s".to_string()),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match probed {
+        Ok(found) => {
+            serde_json::json!({"url": url, "create_only": found, "guarantees": found.describe()})
+        }
+        Err(e) => {
+            serde_json::json!({"url": url, "create_only": null, "guarantees": format!("unknown: storage unreachable ({e})")})
+        }
+    }
 }
