@@ -332,3 +332,32 @@ fn bk_status_shows_an_overdue_job_without_the_daemon() {
     let text = ws.bk(&["status"]).ok().stdout;
     assert!(text.contains("OVERDUE: no good backup within 1s"), "{text}");
 }
+
+#[test]
+fn readiness_reload_and_stop_are_reported_to_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let port = free_port();
+    let mut ws = Workspace::new();
+    ws.add(&server_section(port, "5s"));
+    ws.add("[jobs.manual]\nkind = \"command\"\ncommand = \"echo x\"\n");
+    let socket_path = ws.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = socket
+            .recv(&mut buf)
+            .expect("a notification from bk-server");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut d = Daemon::start_with_env(&ws, port, &[("NOTIFY_SOCKET", &socket_path)]);
+    assert!(next().contains("READY=1"));
+    d.signal(libc::SIGHUP);
+    assert!(next().contains("RELOADING=1"));
+    assert!(next().contains("READY=1"));
+    d.signal(libc::SIGTERM);
+    assert!(next().contains("STOPPING=1"));
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+}

@@ -49,6 +49,11 @@ impl Daemon {
     /// Starts `bk-server --config <ws>` and waits until `/healthz` answers. The
     /// workspace's config must listen on `port` (see [`server_section`]).
     pub fn start(ws: &Workspace, port: u16) -> Daemon {
+        Daemon::start_with_env(ws, port, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub fn start_with_env(ws: &Workspace, port: u16, env: &[(&str, &Path)]) -> Daemon {
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let log = ws.path().join(format!(
             "bk-server-{}.log",
@@ -59,6 +64,7 @@ impl Daemon {
             .arg("--config")
             .arg(&ws.config)
             .env("BK_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
