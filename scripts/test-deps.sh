@@ -25,3 +25,7 @@ fi
 
 # moto's S3 server (strict conditional writes, like AWS) and boto3 for inspecting buckets.
 python3 -c 'import moto.server, boto3' 2>/dev/null || pip install -q 'moto[server]'
+
+# Azurite (Azure Blob emulator) and the Azure SDK for Python to create its containers.
+command -v azurite-blob >/dev/null 2>&1 || npm install -g --silent azurite
+python3 -c 'import azure.storage.blob' 2>/dev/null || pip install -q azure-storage-blob

@@ -5,6 +5,7 @@
 //! PostgreSQL, S3) live in their own modules beside this one and are started once
 //! per test binary on free loopback ports.
 
+pub mod azurite;
 pub mod daemon;
 pub mod postgres;
 pub mod s3;
