@@ -432,9 +432,13 @@ fn a_primary_is_refused_unless_the_job_allows_it() {
     assert_eq!(details["row_counts"]["public.t"], 2, "{details}");
 }
 
+/// Tests that pause the shared replica's replay take turns.
+static REPLAY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Every scenario that pauses the shared replica's replay, one after another.
 #[test]
 fn replay_pauses_are_exact_and_always_resumed() {
+    let _turn = REPLAY.lock().unwrap_or_else(|p| p.into_inner());
     let (mut ws, pg) = pg_workspace();
     let db = unique("paused");
     pg.create_database(&db, SHOP);
@@ -555,4 +559,72 @@ fn wait_for_state(pg: &Cluster, want: &str, when: &str) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn jobs_work_through_the_restricted_authorized_key_and_nothing_else_runs() {
+    let _turn = REPLAY.lock().unwrap_or_else(|p| p.into_inner());
+    require_tool("pg_restore");
+    let pg = cluster();
+    let db = unique("gated");
+    pg.create_database(&db, SHOP);
+    let mut ws = Workspace::new();
+    let src = source_dir(&ws, "uploads");
+    tree::awkward(&src, 0);
+    give_to_source_user(&src);
+    // The host entry first, to ask bk for the line; then a server that knows only it.
+    let probe = Sshd::shared();
+    ws.add(&probe.host_toml("db"));
+    ws.add(&format!(
+        "[jobs.files]\nhost = \"db\"\nkind = \"directory\"\npath = \"{}\"\n",
+        src.display()
+    ));
+    pg_job(
+        &mut ws,
+        "data",
+        &db,
+        &pg.conninfo(true),
+        "pause_replay = true",
+    );
+    let text = fs::read_to_string(&ws.config).unwrap();
+    let line = ws.bk(&["authorized-key", "db"]).ok().stdout;
+    assert!(line.starts_with("restrict,command=\""), "{line}");
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let gated = Sshd::start_with_authorized_keys(&line);
+    fs::write(
+        &ws.config,
+        text.replace(
+            &format!("port = {}", probe.port),
+            &format!("port = {}", gated.port),
+        )
+        .replace(
+            &probe.known_hosts.display().to_string(),
+            &gated.known_hosts.display().to_string(),
+        ),
+    )
+    .unwrap();
+
+    ws.bk(&["run", "files"]).ok();
+    ws.bk(&["run", "data"]).ok();
+    assert_eq!(pg.pause_state(), "not paused");
+    let identity = ws.identity.to_str().unwrap();
+    ws.bk(&["restore", "files", "--identity", identity, "--verify"])
+        .ok();
+    let id = ws.backup_ids("data").remove(0);
+    let details = &decrypted_manifest(&ws, "data", &id)[0]["details"];
+    assert_eq!(details["row_counts_exact"], true, "{details}");
+
+    // A command the key was not made for is refused by the gate, and says so.
+    let mut text = fs::read_to_string(&ws.config).unwrap();
+    text.push_str(
+        "\n[jobs.sneaky]\nhost = \"db\"\nkind = \"command\"\ncommand = \"cat /etc/passwd\"\n",
+    );
+    fs::write(&ws.config, text).unwrap();
+    let out = ws.bk(&["run", "sneaky"]).fails_with(1);
+    assert!(
+        out.stderr.contains("may not run") && out.stderr.contains("exit status 126"),
+        "{}",
+        out.stderr
+    );
+    assert!(ws.backup_ids("sneaky").is_empty());
 }

@@ -107,6 +107,16 @@ impl Sshd {
 
     /// A server of the test's own, stopped when dropped.
     pub fn start() -> Sshd {
+        Sshd::start_with(None)
+    }
+
+    /// A server of the test's own whose only authorized_keys content is `lines`
+    /// (e.g. the `restrict,command=` line `bk authorized-key` prints).
+    pub fn start_with_authorized_keys(lines: &str) -> Sshd {
+        Sshd::start_with(Some(lines))
+    }
+
+    fn start_with(authorized_keys: Option<&str>) -> Sshd {
         let keys = keys();
         let dir = tempfile::Builder::new()
             .prefix("bk-sshd-")
@@ -114,12 +124,23 @@ impl Sshd {
             .expect("tempdir");
         let port = free_port();
         let config = dir.path().join("sshd_config");
+        let authorized_keys_file = match authorized_keys {
+            Some(lines) => {
+                // sshd reads the file as the user: make it readable, not writable, by them.
+                fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+                let path = dir.path().join("authorized_keys");
+                fs::write(&path, lines).expect("authorized_keys");
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+                path.display().to_string()
+            }
+            None => ".ssh/authorized_keys".to_string(),
+        };
         fs::write(
             &config,
             format!(
                 "Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nPidFile none\nUsePAM no\n\
                  StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 PubkeyAuthentication yes\nAuthorizedKeysFile .ssh/authorized_keys\nAllowUsers {user}\n\
+                 PubkeyAuthentication yes\nAuthorizedKeysFile {authorized_keys_file}\nAllowUsers {user}\n\
                  PermitRootLogin no\nMaxSessions 32\nMaxStartups 64\nLogLevel VERBOSE\n",
                 host_key = keys.host_key.display(),
                 user = SOURCE_USER

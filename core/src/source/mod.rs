@@ -10,6 +10,7 @@ pub mod command;
 pub mod directory;
 pub mod local;
 pub mod postgres;
+pub mod restrict;
 pub mod shell;
 pub mod ssh;
 pub mod stall;

@@ -78,6 +78,58 @@ fn redact(conninfo: &str) -> String {
         .join(" ")
 }
 
+const STATE_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN 0 \
+     WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+     ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, \
+     current_setting('server_version')";
+const PAUSE_STATE_SQL: &str = "SELECT pg_get_wal_replay_pause_state()";
+
+/// Every command a postgres job sends to its host besides the dump itself (for the
+/// `authorized_keys` forced command, which allows exactly these).
+pub fn commands(job: &JobConfig) -> Vec<String> {
+    let mut out = vec![
+        psql(job, STATE_SQL),
+        count_rows_command(job),
+        globals_command(job),
+        format!("{} --no-role-passwords", globals_command(job)),
+    ];
+    if job.pause_replay {
+        out.push(watchdog_script(job));
+        out.push(psql(job, PAUSE_STATE_SQL));
+    }
+    out
+}
+
+/// Pauses replay, waits for its stdin to close, then resumes (retrying: giving up
+/// would leave an outage).
+fn watchdog_script(job: &JobConfig) -> String {
+    let pause = psql(job, "SELECT pg_wal_replay_pause()");
+    let resume = psql(job, "SELECT pg_wal_replay_resume()");
+    format!(
+        "{pause} >/dev/null || exit 3; cat >/dev/null; \
+         for i in 1 2 3 4 5 6 7 8 9 10; do {resume} >/dev/null 2>&1 && exit 0; sleep 2; done; exit 4"
+    )
+}
+
+fn count_rows_command(job: &JobConfig) -> String {
+    let generate = "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
+    format!(
+        "echo {} | psql -X -q -At -F '|' -v ON_ERROR_STOP=1 --no-password --dbname={}",
+        quote(generate),
+        quote(&connstr(job))
+    )
+}
+
+fn globals_command(job: &JobConfig) -> String {
+    format!(
+        "pg_dumpall --globals-only --no-password --dbname={}",
+        quote(&job.conninfo.clone().unwrap_or_default())
+    )
+}
+
 fn psql(job: &JobConfig, sql: &str) -> String {
     format!(
         "psql -X -q -At -F '|' -v ON_ERROR_STOP=1 --no-password --dbname={} -c {}",
@@ -111,15 +163,7 @@ impl PgSession {
             details: BTreeMap::new(),
             warnings: Vec::new(),
         };
-        let state = session
-            .query(
-                job,
-                "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN 0 \
-                 WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                 ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, \
-                 current_setting('server_version')",
-            )
-            .await?;
+        let state = session.query(job, STATE_SQL).await?;
         let fields: Vec<&str> = state.trim().split('|').collect();
         let in_recovery = fields.first() == Some(&"t");
         let lag: f64 = fields.get(1).and_then(|l| l.parse().ok()).unwrap_or(0.0);
@@ -171,21 +215,12 @@ impl PgSession {
     }
 
     async fn pause(&mut self, job: &JobConfig) -> Result<(), SourceError> {
-        let pause = psql(job, "SELECT pg_wal_replay_pause()");
-        let resume = psql(job, "SELECT pg_wal_replay_resume()");
-        // Resume is retried: the server may be briefly busy; giving up leaves an outage.
-        let script = format!(
-            "{pause} >/dev/null || exit 3; cat >/dev/null; \
-             for i in 1 2 3 4 5 6 7 8 9 10; do {resume} >/dev/null 2>&1 && exit 0; sleep 2; done; exit 4"
-        );
-        let watchdog = Watchdog::spawn(&self.host, &script).await?;
+        let watchdog = Watchdog::spawn(&self.host, &watchdog_script(job)).await?;
         self.watchdog = Some(watchdog);
         // pg_wal_replay_pause() returns before replay has stopped: wait for `paused`.
         let started = Instant::now();
         loop {
-            let state = self
-                .query(job, "SELECT pg_get_wal_replay_pause_state()")
-                .await?;
+            let state = self.query(job, PAUSE_STATE_SQL).await?;
             if state.trim() == "paused" {
                 break;
             }
@@ -209,15 +244,7 @@ impl PgSession {
     }
 
     async fn count_rows(&mut self, job: &JobConfig, exact: bool) -> Result<(), SourceError> {
-        let generate = "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-             AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
-        let cmd = format!(
-            "echo {} | psql -X -q -At -F '|' -v ON_ERROR_STOP=1 --no-password --dbname={}",
-            quote(generate),
-            quote(&connstr(job))
-        );
+        let cmd = count_rows_command(job);
         let (outcome, stdout, stderr) = self.host.output(&cmd).await?;
         if outcome != ExitOutcome::Code(0) {
             return Err(SourceError::Failed {
@@ -240,10 +267,7 @@ impl PgSession {
     }
 
     async fn globals(&mut self, job: &JobConfig) -> Result<(), SourceError> {
-        let base = format!(
-            "pg_dumpall --globals-only --no-password --dbname={}",
-            quote(&job.conninfo.clone().unwrap_or_default())
-        );
+        let base = globals_command(job);
         let (mut outcome, mut stdout, mut stderr) = self.host.output(&base).await?;
         if outcome != ExitOutcome::Code(0) && stderr.contains("permission denied") {
             // Not a superuser: pg_authid is out of reach, roles are still worth having.
@@ -272,9 +296,7 @@ impl PgSession {
             return Ok(());
         };
         let (outcome, stderr) = watchdog.release().await;
-        let state = self
-            .query(job, "SELECT pg_get_wal_replay_pause_state()")
-            .await;
+        let state = self.query(job, PAUSE_STATE_SQL).await;
         match (&outcome, state) {
             (ExitOutcome::Code(0), Ok(s)) if s.trim() == "not paused" => Ok(()),
             (_, state) => Err(SourceError::Failed {

@@ -333,6 +333,11 @@ fn remove_stale(base: &Path) {
     }
 }
 
+/// The command bk sends for a dump: the remote shell first reports its PID on stderr.
+pub fn wrap(command: &str) -> String {
+    format!("echo bk-remote-pid $$ >&2; {command}")
+}
+
 /// A command running on an SSH host.
 pub struct RemoteProcess {
     host: String,
@@ -352,7 +357,7 @@ impl RemoteProcess {
         command: &str,
     ) -> Result<(RemoteProcess, Box<dyn AsyncRead + Send + Unpin>), SourceError> {
         let session = session(target).await?;
-        let wrapped = format!("echo bk-remote-pid $$ >&2; {command}");
+        let wrapped = wrap(command);
         let spawned = Session::to_raw_command(session.clone(), wrapped)
             .stdin(openssh::Stdio::null())
             .stdout(openssh::Stdio::piped())
