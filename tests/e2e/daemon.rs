@@ -197,23 +197,37 @@ fn a_job_with_no_good_backup_in_its_window_raises_one_overdue_alert() {
 }
 
 #[test]
-fn reload_adds_jobs_keeps_running_ones_and_rejects_a_bad_config() {
+fn reload_adds_and_removes_jobs_keeps_running_ones_and_rejects_a_bad_config() {
     let port = free_port();
     let mut ws = Workspace::new();
     ws.add(&server_section(port, "5s"));
     ws.add("[jobs.slow]\nkind = \"command\"\ncommand = \"for i in $(seq 1 15); do echo line $i; sleep 0.2; done\"\nschedule = \"0 2 * * *\"\n");
+    const DOOMED: &str =
+        "[jobs.doomed]\nkind = \"command\"\ncommand = \"echo bye\"\nschedule = \"0 4 * * *\"\n";
+    ws.add(DOOMED);
     seed_past_run(&ws, "slow");
     let d = Daemon::start(&ws, port);
     d.wait_for_log("backup started", Duration::from_secs(20));
+    assert!(job_status(&d.status(), "doomed").is_some());
 
-    // A good new config adds a job while `slow` is running.
+    // A good new config adds one job and removes another while `slow` is running.
     ws.add("[jobs.added]\nkind = \"command\"\ncommand = \"echo hi\"\nschedule = \"0 3 * * *\"\n");
+    let text = std::fs::read_to_string(&ws.config).expect("config");
+    std::fs::write(&ws.config, text.replace(DOOMED, "")).expect("write");
     d.signal(libc::SIGHUP);
     d.wait_for_log("configuration reloaded", Duration::from_secs(10));
     wait_for(
         Duration::from_secs(10),
         "job `added` in /api/status",
         || job_status(&d.status(), "added").map(|_| ()),
+    );
+    assert!(job_status(&d.status(), "doomed").is_none());
+    let m = metrics(&d);
+    assert_eq!(sample(&m, "bk_jobs_configured", &[]), Some(2.0));
+    assert_eq!(
+        sample(&m, "bk_jobs_running", &[]),
+        Some(1.0),
+        "`slow` must still be running"
     );
 
     // A bad one is rejected and the running configuration stays.
@@ -360,4 +374,78 @@ fn readiness_reload_and_stop_are_reported_to_systemd() {
     d.signal(libc::SIGTERM);
     assert!(next().contains("STOPPING=1"));
     assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+}
+
+/// The start and end of every run of `job`, from the catalog.
+fn run_spans(ws: &Workspace, job: &str) -> Vec<(String, String, String)> {
+    let db = rusqlite::Connection::open(ws.catalog()).expect("catalog");
+    let mut stmt = db
+        .prepare(
+            "SELECT started, finished, status FROM runs WHERE job = ?1 AND trigger = 'schedule'",
+        )
+        .expect("query");
+    stmt.query_map([job], |r| {
+        Ok((
+            r.get(0)?,
+            r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            r.get(2)?,
+        ))
+    })
+    .expect("rows")
+    .collect::<Result<_, _>>()
+    .expect("rows")
+}
+
+#[test]
+fn the_global_limit_serializes_runs_and_a_timeout_fails_a_run() {
+    let port = free_port();
+    let mut ws = Workspace::new();
+    ws.add(&format!(
+        "{}max_concurrent_jobs = 1\n",
+        server_section(port, "5s")
+    ));
+    for job in ["one", "two"] {
+        ws.add(&format!("[jobs.{job}]\nkind = \"command\"\ncommand = \"sleep 1; echo {job}\"\nschedule = \"0 2 * * *\"\n"));
+        seed_past_run(&ws, job);
+    }
+    ws.add("[jobs.stuck]\nkind = \"command\"\ncommand = \"echo start; sleep 30\"\nschedule = \"0 2 * * *\"\ntimeout = \"1s\"\n");
+    seed_past_run(&ws, "stuck");
+    let d = Daemon::start(&ws, port);
+    wait_for(Duration::from_secs(30), "all three runs to finish", || {
+        let status = d.status();
+        ["one", "two", "stuck"]
+            .iter()
+            .all(|j| {
+                job_status(&status, j).is_some_and(|s| {
+                    s["last_run"]["trigger"] == "schedule" && s["last_run"]["finished"].is_string()
+                })
+            })
+            .then_some(())
+    });
+    let mut spans: Vec<_> = ["one", "two", "stuck"]
+        .iter()
+        .flat_map(|j| run_spans(&ws, j))
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 3, "{spans:?}");
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "runs overlapped despite max_concurrent_jobs = 1: {spans:?}"
+        );
+    }
+    let stuck = job_status(&d.status(), "stuck").cloned().expect("stuck");
+    assert_eq!(stuck["last_run"]["status"], "failed");
+    assert!(
+        stuck["last_run"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("timeout"),
+        "{stuck}"
+    );
+    assert!(commit_records(&ws, "stuck").is_empty());
+    assert_eq!(
+        commit_records(&ws, "one").len() + commit_records(&ws, "two").len(),
+        2
+    );
 }
