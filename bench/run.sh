@@ -1,0 +1,349 @@
+#!/usr/bin/env bash
+# bk benchmark: bk vs the equivalent shell pipeline (tar | zstd | age) vs restic and borg,
+# on one deterministic mixed data set. Usage and variables: bench/README.md.
+#
+#   bash bench/run.sh                      # 1 GiB data set, peers included
+#   BENCH_SIZE_MB=256 BENCH_PEERS=0 bash bench/run.sh
+#
+# Every measured command runs under GNU time (`/usr/bin/time -f '%e %U %S %M'`): wall
+# seconds, user and system CPU seconds (children included), and peak RSS in KiB. Note that
+# for a pipeline GNU time reports the peak RSS of the *largest single process* in it, not
+# the sum of the pipeline's processes.
+set -euo pipefail
+
+# ---------------------------------------------------------------------------- settings
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+OUT=${BENCH_OUT:-$BENCH_DIR/out}
+SIZE_MB=${BENCH_SIZE_MB:-1024}
+SEED=${BENCH_SEED:-42}
+PEERS=${BENCH_PEERS:-1}
+LEVEL=${BENCH_ZSTD_LEVEL:-3}
+WORKERS=${BENCH_WORKERS:-2}
+RUNS=${BENCH_RUNS:-3}   # repetitions of every step; the report shows the median
+QUIET_WAIT=${BENCH_QUIET_WAIT:-60}   # max seconds to wait for an idle machine before a run
+# A separate target directory, so that the release build neither waits on nor
+# invalidates the debug builds other people run in target/.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench}
+BK=${BENCH_BK:-}   # a prebuilt bk binary: skips the cargo build
+
+DATA=$OUT/data
+LOGS=$OUT/logs
+ROWS=$OUT/rows.tsv
+TIMEF=$OUT/.time
+
+die() { echo "bench: error: $*" >&2; exit 1; }
+say() { echo "bench: $*" >&2; }
+
+[[ $SIZE_MB =~ ^[1-9][0-9]*$ ]] || die "BENCH_SIZE_MB must be a positive integer (got '$SIZE_MB')"
+[[ $PEERS == 0 || $PEERS == 1 ]] || die "BENCH_PEERS must be 0 or 1 (got '$PEERS')"
+[[ $WORKERS =~ ^[0-9]+$ ]] || die "BENCH_WORKERS must be a number (got '$WORKERS')"
+[[ $LEVEL =~ ^[0-9]+$ ]] || die "BENCH_ZSTD_LEVEL must be a number (got '$LEVEL')"
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer (got '$RUNS')"
+[[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "BENCH_QUIET_WAIT must be a number of seconds (got '$QUIET_WAIT')"
+
+# ------------------------------------------------------------------ 1. tools from Debian
+# command -> Debian package. GNU time (package `time`) is needed for peak RSS and CPU;
+# bash's `time` keyword reports neither.
+declare -A PKG=([age]=age [zstd]=zstd [/usr/bin/time]=time [tar]=tar [python3]=python3)
+if [[ $PEERS == 1 ]]; then PKG[restic]=restic; PKG[borg]=borgbackup; fi
+missing=()
+for cmd in "${!PKG[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG[$cmd]}")
+done
+if ((${#missing[@]})); then
+    [[ $(id -u) == 0 ]] || die "missing packages (${missing[*]}); run as root or install them: apt-get install ${missing[*]}"
+    say "installing ${missing[*]} from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# ------------------------------------------------------------------------ 2. build bk
+if [[ -z $BK ]]; then
+    command -v cargo >/dev/null || die "cargo not found (or set BENCH_BK to a prebuilt bk binary)"
+    say "building bk (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+    (cd "$ROOT" && cargo build --release --quiet -p bk-client) \
+        || die "cargo build --release -p bk-client failed (see the compiler output above)"
+    BK=$CARGO_TARGET_DIR/release/bk
+fi
+[[ -x $BK ]] || die "no bk binary at $BK"
+
+# ---------------------------------------------------------------------- 3. the data set
+mkdir -p "$OUT" "$LOGS"
+# The stamp names the parameters and the generator's checksum: the (slow) generation is
+# skipped only when it would produce exactly the same bytes.
+stamp="size_mb=$SIZE_MB seed=$SEED gen=$(sha256sum "$BENCH_DIR/gen_data.py" | cut -c1-16)"
+if [[ -f $OUT/data.stamp && $(cat "$OUT/data.stamp") == "$stamp" && -d $DATA ]]; then
+    say "data set up to date ($stamp)"
+else
+    say "generating ${SIZE_MB} MiB data set in $DATA"
+    rm -rf "$DATA" "$OUT/data.stamp"
+    python3 "$BENCH_DIR/gen_data.py" "$DATA" "$SIZE_MB" "$SEED" >&2
+    echo "$stamp" >"$OUT/data.stamp"
+fi
+DATA_BYTES=$(find "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+DATA_FILES=$(find "$DATA" -type f | wc -l)
+
+# Warm the page cache once so every tool reads from memory alike (dropping caches would
+# need privileges a container may not have). `| cat` matters: GNU tar skips reading file
+# contents when it sees its archive is /dev/null.
+say "warming the page cache"
+tar cf - -C "$DATA" . | cat >/dev/null
+
+# ------------------------------------------------------------------------ measurement
+# busy: CPU jiffies the whole machine has spent busy so far (user nice system irq softirq
+# steal). Busy time during a step minus the step's own CPU time is what *other* processes
+# took: on a shared 2-core machine that is the noise to look at next to each number.
+busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+HZ=$(getconf CLK_TCK)
+
+# quiet: wait (at most $QUIET_WAIT s) until the machine has been nearly idle for a second
+# (under a fifth of a core busy), so that a run does not start in the middle of somebody
+# else's compile. Runs that could not wait show it in the "other CPU s" column.
+quiet() {
+    local waited=0 b0 b1
+    while ((waited < QUIET_WAIT)); do
+        b0=$(busy); sleep 1; b1=$(busy)
+        (((b1 - b0) * 5 < HZ)) && return 0
+        waited=$((waited + 1))
+    done
+    say "the machine is still busy after ${QUIET_WAIT}s; measuring anyway"
+}
+
+# measure TOOL OPERATION OUTPUT_PATH LOG SETUP -- COMMAND...
+# Runs COMMAND $RUNS times under GNU time, each time after the (untimed) shell command
+# SETUP, with stdout in $LOGS/LOG and stderr in $LOGS/LOG.err (of the last run). Appends
+# one row per run to $ROWS; the report keeps the median run. OUTPUT_PATH ("-" for none)
+# is measured after each run with du (apparent size).
+: >"$ROWS"
+measure() {
+    local tool=$1 op=$2 output=$3 log=$4 setup=$5
+    [[ $6 == -- ]] || die "measure: expected -- before the command"
+    shift 6
+    local run wall user sys rss size b0 b1 other
+    for ((run = 1; run <= RUNS; run++)); do
+        say "$tool: $op (run $run/$RUNS)"
+        eval "$setup" || die "$tool $op: preparing run $run failed ($setup)"
+        quiet
+        b0=$(busy)
+        if ! /usr/bin/time -o "$TIMEF" -f '%e %U %S %M' "$@" >"$LOGS/$log" 2>"$LOGS/$log.err"; then
+            tail -n 20 "$LOGS/$log" "$LOGS/$log.err" >&2
+            die "$tool $op failed (output in $LOGS/$log and $LOGS/$log.err)"
+        fi
+        b1=$(busy)
+        # On success the time file holds exactly one line.
+        read -r wall user sys rss <"$TIMEF"
+        other=$(awk -v b="$((b1 - b0))" -v hz="$HZ" -v u="$user" -v s="$sys" \
+            'BEGIN {o = b / hz - u - s; printf "%.1f", (o < 0 ? 0 : o)}')
+        size=-
+        [[ $output == - ]] || size=$(du -sb --apparent-size "$output" | cut -f1)
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+            "$tool" "$op" "$run" "$wall" "$user" "$sys" "$rss" "$size" "$other" >>"$ROWS"
+    done
+}
+
+# fresh DIR: DIR exists and is empty.
+fresh() { rm -rf "$1" && mkdir -p "$1"; }
+VERIFY="verify (read all, write nothing)"
+RESTORE="restore to directory"
+RESTORED=$OUT/restore
+
+# ----------------------------------------------------------------------------- 4a. bk
+BKW=$OUT/bk
+rm -rf "$BKW" && mkdir -p "$BKW" && chmod 700 "$BKW"
+RECIPIENT=$("$BK" keygen --output "$BKW/identity.age" 2>"$LOGS/bk-keygen.log" | grep -m1 '^age1') \
+    || die "bk keygen printed no age1… recipient (see $LOGS/bk-keygen.log)"
+cat >"$BKW/bk.toml" <<EOF
+[repository]
+url = "file://$BKW/repo"
+recipients = ["$RECIPIENT"]
+
+[catalog]
+path = "$BKW/catalog.db"
+
+[compression]
+level = $LEVEL
+workers = $WORKERS
+
+[jobs.data]
+kind = "directory"
+path = "$DATA"
+EOF
+chmod 600 "$BKW/bk.toml"
+
+# A new repository and catalog for every run, so each backup is a first, full one.
+measure bk backup "$BKW/repo" bk-backup.json \
+    'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
+    "$BK" --config "$BKW/bk.toml" run data --json
+python3 - "$LOGS/bk-backup.json" >&2 <<'EOF' || die "bk run --json did not print the expected JSON (see $LOGS/bk-backup.json)"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print("bench: bk backup %s: source %d bytes, stored %d bytes"
+      % (doc["backup_id"], doc["source_size"], doc["stored_size"]))
+EOF
+
+measure bk "$VERIFY" - bk-verify.log : -- \
+    "$BK" --config "$BKW/bk.toml" restore data latest --identity "$BKW/identity.age" --verify
+# bk restores into a new (or empty) directory.
+measure bk "$RESTORE" - bk-restore.log 'rm -rf "$RESTORED"' -- \
+    "$BK" --config "$BKW/bk.toml" restore data latest --identity "$BKW/identity.age" --to "$RESTORED"
+rm -rf "$RESTORED"
+
+# ------------------------------------------------------------------- 4b. shell pipeline
+# The same payload format bk writes (age ∘ zstd ∘ tar), built from the stock tools:
+# this is the speed bk's streaming pipeline should match.
+SH=$OUT/shell
+CIPHER=$SH/data.tar.zst.age
+measure shell backup "$CIPHER" shell-backup.log 'fresh "$SH"' -- \
+    bash -o pipefail -c 'tar cf - -C "$1" . | zstd -q -"$2" -T0 | age -r "$3" >"$4"' \
+    _ "$DATA" "$LEVEL" "$RECIPIENT" "$CIPHER"
+measure shell "$VERIFY" - shell-verify.log : -- \
+    bash -o pipefail -c 'age -d -i "$1" "$2" | zstd -q -d | tar tf - >/dev/null' \
+    _ "$BKW/identity.age" "$CIPHER"
+measure shell "$RESTORE" - shell-restore.log 'fresh "$RESTORED"' -- \
+    bash -o pipefail -c 'age -d -i "$1" "$2" | zstd -q -d | tar xf - -C "$3"' \
+    _ "$BKW/identity.age" "$CIPHER" "$RESTORED"
+rm -rf "$RESTORED"
+
+# ------------------------------------------------------------------------ 4c. peers
+if [[ $PEERS == 1 ]]; then
+    # restic: a fresh repository (and cache) for every run, so the backup is a full one.
+    # Debian 12 ships restic 0.14: repository format v2, compression "auto" (zstd's
+    # fastest level) by default. `restic init` is not timed.
+    export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$OUT/restic-cache
+    restic_fresh() {
+        rm -rf "$OUT/restic" "$RESTIC_CACHE_DIR"
+        restic -r "$OUT/restic" init >"$LOGS/restic-init.log" 2>&1 \
+            || die "restic init failed (see $LOGS/restic-init.log)"
+    }
+    measure restic backup "$OUT/restic" restic-backup.log restic_fresh -- \
+        restic -r "$OUT/restic" backup --quiet "$DATA"
+    measure restic "$RESTORE" - restic-restore.log 'fresh "$RESTORED"' -- \
+        restic -r "$OUT/restic" restore latest --quiet --target "$RESTORED"
+    rm -rf "$RESTORED" "$OUT/restic" "$RESTIC_CACHE_DIR"
+
+    # borg 1.2: authenticated encryption with the key in the repository, zstd at the same
+    # level as bk. BORG_BASE_DIR keeps its cache and security files out of $HOME, and
+    # fresh for every run. `borg init` is not timed.
+    export BORG_PASSPHRASE=bench BORG_BASE_DIR=$OUT/borg-home
+    export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+    borg_fresh() {
+        rm -rf "$OUT/borg" "$BORG_BASE_DIR"
+        borg init --encryption=repokey-blake2 "$OUT/borg" >"$LOGS/borg-init.log" 2>&1 \
+            || die "borg init failed (see $LOGS/borg-init.log)"
+    }
+    # Run from inside the data set so archived paths are relative (./…), as with tar.
+    measure borg backup "$OUT/borg" borg-backup.log borg_fresh -- \
+        bash -c 'cd "$1" && borg create --compression "zstd,$2" "$3::bench" .' \
+        _ "$DATA" "$LEVEL" "$OUT/borg"
+    measure borg "$RESTORE" - borg-restore.log 'fresh "$RESTORED"' -- \
+        bash -c 'cd "$1" && borg extract "$2::bench"' _ "$RESTORED" "$OUT/borg"
+    rm -rf "$RESTORED" "$OUT/borg" "$BORG_BASE_DIR"
+fi
+
+# ----------------------------------------------------------------------------- 5. report
+versions() {
+    local rev
+    rev=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')
+    (cd "$ROOT" && git diff --quiet HEAD -- core client Cargo.lock 2>/dev/null) \
+        || rev="$rev + uncommitted changes in core/ or client/"
+    [[ -z ${BENCH_BK:-} ]] || rev="prebuilt binary $BENCH_BK"
+    echo "- bk: $rev; zstd level $LEVEL, $WORKERS workers"
+    echo "- $(zstd --version 2>&1 | head -n1)"
+    echo "- age $(age --version 2>&1 | head -n1)"
+    echo "- $(tar --version | head -n1)"
+    if [[ $PEERS == 1 ]]; then
+        echo "- $(restic version 2>&1 | head -n1) (repository v2, compression auto)"
+        echo "- $(borg --version 2>&1 | head -n1) (repokey-blake2, zstd,$LEVEL)"
+    fi
+    echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; $(uname -sr)"
+}
+python3 - "$ROWS" "$DATA_BYTES" "$DATA_FILES" "$SIZE_MB" "$RUNS" "$OUT/results.md" \
+    "$(versions)" "$(date -u '+%Y-%m-%d %H:%M UTC')" <<'EOF'
+import statistics, sys
+
+rows_path, data_bytes, files, size_mb, runs, out_path, versions, when = sys.argv[1:]
+data_bytes, files, runs = int(data_bytes), int(files), int(runs)
+
+# All runs of each (tool, operation), in the order they ran.
+steps = {}
+for line in open(rows_path):
+    tool, op, run, wall, user, sys_, rss, size, other = line.rstrip("\n").split("\t")
+    steps.setdefault((tool, op), []).append(dict(
+        tool=tool, op=op, wall=float(wall), cpu=float(user) + float(sys_),
+        rss=int(rss) / 1024, size=None if size == "-" else int(size) / 2**20,
+        other=float(other)))
+
+# Keep the median run by wall time (the lower median for an even count), and its spread.
+rows = []
+for (tool, op), all_runs in steps.items():
+    walls = sorted(r["wall"] for r in all_runs)
+    median = statistics.median_low(walls)
+    r = dict(next(r for r in all_runs if r["wall"] == median))
+    r["spread"] = "%.2f–%.2f" % (walls[0], walls[-1]) if len(walls) > 1 else "-"
+    r["rss"] = max(x["rss"] for x in all_runs)  # peak over all runs
+    rows.append(r)
+
+def mbps(r):
+    return data_bytes / 1e6 / max(r["wall"], 0.001)
+
+def find(tool, op):
+    return next((r for r in rows if r["tool"] == tool and r["op"] == op), None)
+
+def versus(r):
+    if r["tool"] == "shell":
+        return "reference"
+    if r["tool"] == "bk":
+        sh = find("shell", r["op"])
+        return "%.2f× shell" % (mbps(r) / mbps(sh)) if sh else ""
+    bk = find("bk", r["op"])
+    if not bk:
+        return ""
+    x = mbps(bk) / mbps(r)
+    return "bk is %.2f× faster" % x if x >= 1 else "bk is %.2f× slower" % (1 / x)
+
+order = {"backup": 0, "verify (read all, write nothing)": 1, "restore to directory": 2}
+tools = {"bk": 0, "shell": 1, "restic": 2, "borg": 3}
+rows.sort(key=lambda r: (order.get(r["op"], 9), tools.get(r["tool"], 9)))
+
+head = ["tool", "operation", "MB/s", "wall s", "wall range s", "CPU s", "peak RSS MiB",
+        "output MiB", "vs shell / vs bk", "other CPU s"]
+table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+for r in rows:
+    table.append("| " + " | ".join([
+        r["tool"], r["op"], "%.0f" % mbps(r), "%.2f" % r["wall"], r["spread"],
+        "%.1f" % r["cpu"], "%.0f" % r["rss"],
+        "-" if r["size"] is None else "%.0f" % r["size"], versus(r),
+        "%.1f" % r["other"]]) + " |")
+
+md = "\n".join([
+    "# bk benchmark results",
+    "",
+    "%s. Data set: %d files, %.0f MB (%.0f MiB, BENCH_SIZE_MB=%s), ~60%% incompressible, "
+    "~40%% text; read from page cache. Each step ran %d time(s); the table shows the "
+    "median run." % (when, files, data_bytes / 1e6, data_bytes / 2**20, size_mb, runs),
+    "",
+    *table,
+    "",
+    "- MB/s = data set size (10^6 bytes) / wall time of the median run. CPU s = user + "
+    "system, children included. Peak RSS: highest over the runs; for a shell pipeline it "
+    "is the largest single process, not the sum. Output = repository or file size "
+    "(apparent bytes).",
+    "- `verify` reads, decrypts and decompresses everything and writes nothing: bk "
+    "`restore --verify` (which also checks every hash against the manifest) vs "
+    "`age -d | zstd -d | tar tf -`. `restore to directory` writes every file.",
+    "- bk rows compare with the shell row of the same operation (MB/s ratio); restic and "
+    "borg rows compare bk's MB/s with theirs for the same operation.",
+    "- other CPU s = CPU time the rest of the machine used during that run (system busy "
+    "time minus the step's own). Above ~1 s, the step competed for the 2 cores and its "
+    "numbers are pessimistic.",
+    "",
+    "Versions:",
+    "",
+    versions,
+    "",
+])
+open(out_path, "w").write(md)
+print(md)
+EOF
+say "results written to $OUT/results.md"
