@@ -91,6 +91,10 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         crate::http::router(shared.clone(), metrics),
         shared.clone(),
     ));
+    tokio::spawn(sweep_leftovers(
+        shared.current().repo.clone(),
+        shared.current().config.repository.gc_grace,
+    ));
     let scheduler = tokio::spawn(crate::scheduler::run(shared.clone()));
     let overdue = tokio::spawn(crate::overdue::watch(shared.clone()));
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
@@ -150,5 +154,24 @@ async fn shutdown(shared: &Shared) {
             runs = shared.runs.len(),
             "runs did not stop in time; exiting without them (the next start records them as interrupted)"
         );
+    }
+}
+
+/// What a crash of this or another server left in the repository (uncommitted objects
+/// older than the grace period) is removed at start, in the background: it never
+/// delays the first backup, and a failure is only logged (`bk gc` can be run by hand).
+async fn sweep_leftovers(repo: Repository, grace: std::time::Duration) {
+    match bk_core::commands::gc::gc(&repo, grace, Utc::now(), false).await {
+        Ok(report) if report.removed.is_empty() => {
+            tracing::debug!("no uncommitted leftovers in the repository")
+        }
+        Ok(report) => tracing::info!(
+            objects = report.removed.len(),
+            bytes = report.bytes,
+            "removed uncommitted leftovers of failed or crashed backups"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "sweeping uncommitted leftovers failed; run `bk gc` by hand")
+        }
     }
 }
