@@ -21,7 +21,7 @@ PEERS=${BENCH_PEERS:-1}
 LEVEL=${BENCH_ZSTD_LEVEL:-3}
 WORKERS=${BENCH_WORKERS:-2}
 RUNS=${BENCH_RUNS:-3}   # repetitions of every step; the report shows the median
-QUIET_WAIT=${BENCH_QUIET_WAIT:-60}   # max seconds to wait for an idle machine before a run
+QUIET_WAIT=${BENCH_QUIET_WAIT:-20}   # max seconds to wait for an idle machine before a run
 # A separate target directory, so that the release build neither waits on nor
 # invalidates the debug builds other people run in target/.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench}
