@@ -70,6 +70,11 @@ async fn run(shared: &Shared, job: &str, trigger: &'static str) {
     .await;
     crate::metrics::running(-1.0);
     drop(slots);
+    if let Err(e @ BackupError::AlreadyRunning { .. }) = &outcome.result {
+        // `bk run` (or another daemon on this machine) is doing this job's work now.
+        tracing::warn!(error = %e, "skipping this scheduled run");
+        return;
+    }
 
     let status = match &outcome.result {
         Ok(_) => RunStatus::Success,

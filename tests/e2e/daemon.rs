@@ -278,6 +278,9 @@ fn sigterm_during_a_backup_interrupts_it_and_commits_nothing() {
         last_run_row(&ws.catalog(), "big").map(|r| r.0).as_deref(),
         Some("running")
     );
+    // A job never runs twice at once, not even by hand beside the daemon.
+    let twice = ws.bk(&["run", "big"]).fails_with(1);
+    assert!(twice.stderr.contains("already running"), "{}", twice.stderr);
 
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(30)), 0, "{}", d.log());

@@ -82,6 +82,14 @@ pub struct RunRecord {
     pub trigger: String,
 }
 
+/// A run of a job that is still going in another live process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busy {
+    pub run: i64,
+    pub pid: i64,
+    pub trigger: String,
+}
+
 #[derive(Clone)]
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
@@ -168,6 +176,40 @@ impl Catalog {
                 params![job, Utc::now().to_rfc3339(), trigger, writer, std::process::id()],
             )?;
             Ok(c.last_insert_rowid())
+        })
+    }
+
+    /// Records that a run started, unless a run of the same job is still going in
+    /// another live process on this machine (`bk run` beside the daemon, or the other
+    /// way round): then that run is returned and nothing is recorded. Check and insert
+    /// happen in one write transaction, so two processes cannot both start.
+    pub fn start_run_exclusive(&self, job: &str, trigger: &str) -> Result<Result<i64, Busy>> {
+        let writer = hostname();
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let running: Vec<Busy> = {
+                let mut stmt = tx.prepare(
+                    "SELECT id, pid, trigger FROM runs WHERE job = ?1 AND status = 'running' AND writer = ?2",
+                )?;
+                let rows = stmt.query_map(params![job, writer], |r| {
+                    Ok(Busy {
+                        run: r.get(0)?,
+                        pid: r.get(1)?,
+                        trigger: r.get(2)?,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            if let Some(busy) = running.into_iter().find(|b| process_alive(b.pid)) {
+                return Ok(Err(busy));
+            }
+            tx.execute(
+                "INSERT INTO runs (job, started, status, trigger, writer, pid) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+                params![job, Utc::now().to_rfc3339(), trigger, writer, std::process::id()],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(Ok(id))
         })
     }
 
@@ -388,6 +430,27 @@ mod tests {
         let last = cat.last_run("media").unwrap().unwrap();
         assert_eq!(last.status, RunStatus::Failed);
         assert_eq!(last.error.as_deref(), Some("tar exploded"));
+    }
+
+    #[test]
+    fn a_job_running_in_another_live_process_cannot_start_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let run = cat.start_run("media", "schedule").unwrap();
+        // Our parent process stands in for another bk that is alive.
+        let parent = unsafe { libc::getppid() } as i64;
+        cat.with(|c| c.execute("UPDATE runs SET pid = ?2 WHERE id = ?1", [run, parent]))
+            .unwrap();
+        let busy = cat
+            .start_run_exclusive("media", "manual")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!((busy.run, busy.pid), (run, parent));
+        assert!(cat.start_run_exclusive("other", "manual").unwrap().is_ok());
+        // Once that process is gone (or the run finished), the job may start.
+        cat.with(|c| c.execute("UPDATE runs SET pid = 999999999 WHERE id = ?1", [run]))
+            .unwrap();
+        assert!(cat.start_run_exclusive("media", "manual").unwrap().is_ok());
     }
 
     #[test]

@@ -54,6 +54,13 @@ pub enum BackupError {
     Timeout { job: String, after: Duration },
     #[error("job `{job}` was stopped before it finished (shutdown); nothing was committed")]
     Interrupted { job: String },
+    #[error("job `{job}` is already running (run {run}, {trigger}, process {pid}); not starting it twice")]
+    AlreadyRunning {
+        job: String,
+        run: i64,
+        pid: i64,
+        trigger: String,
+    },
 }
 
 /// How long a cancelled run waits for its pipeline to wind down after the source was
@@ -136,7 +143,20 @@ async fn run_recorded(
         Some(c) => {
             c.note_job(job_name, job.kind.as_str(), &job.host)
                 .map_err(catalog_err)?;
-            Some(c.start_run(job_name, trigger).map_err(catalog_err)?)
+            match c
+                .start_run_exclusive(job_name, trigger)
+                .map_err(catalog_err)?
+            {
+                Ok(id) => Some(id),
+                Err(busy) => {
+                    return Err(BackupError::AlreadyRunning {
+                        job: job_name.to_string(),
+                        run: busy.run,
+                        pid: busy.pid,
+                        trigger: busy.trigger,
+                    })
+                }
+            }
         }
         None => None,
     };
