@@ -128,7 +128,27 @@ async fn run(shared: &Shared, job: &str, trigger: &'static str) {
     }
 }
 
-/// Applies the job's retention after a good backup. A failure is logged, never turned
+/// Prunes `job` on its `retention.schedule`, on its own task.
+pub fn spawn_prune(shared: &Arc<Shared>, job: String) {
+    let span = tracing::info_span!("prune", job = %job);
+    let task_shared = shared.clone();
+    shared.runs.spawn(
+        async move {
+            let loaded = task_shared.current();
+            if loaded
+                .config
+                .job(&job)
+                .is_some_and(|j| j.retention.is_some())
+            {
+                prune(&loaded, &job).await;
+            }
+            task_shared.prune_planner().finished(&job);
+        }
+        .instrument(span),
+    );
+}
+
+/// Applies the job's retention (after a good backup, or on its schedule). A failure is logged, never turned
 /// into a failed run: the backup itself is committed.
 async fn prune(loaded: &Loaded, job: &str) {
     let result = prune::prune(

@@ -37,6 +37,23 @@ pub fn plan(shared: &Shared, loaded: &Loaded) {
             None
         }
     };
+    // Pruning schedules never catch up: the next good backup prunes anyway.
+    let prunes: Vec<(String, JobSchedule)> = loaded
+        .config
+        .jobs
+        .iter()
+        .filter_map(|(name, job)| {
+            let expr = job.retention.as_ref()?.schedule.as_deref()?;
+            match JobSchedule::new(expr, &job.timezone, false) {
+                Ok(s) => Some((name.clone(), s)),
+                Err(e) => {
+                    tracing::error!(job = %name, error = %e, "bad retention.schedule; not pruning on a schedule");
+                    None
+                }
+            }
+        })
+        .collect();
+    shared.prune_planner().update(prunes, |_| None, now);
     let mut planner = shared.planner();
     planner.update(schedules, last_run, now);
     for job in loaded.config.jobs.keys() {
@@ -60,6 +77,18 @@ pub async fn run(shared: Arc<Shared>) {
             let mut planner = shared.planner();
             let due = planner.due(now);
             (due, planner.next_wake())
+        };
+        let (prunes, prune_wake) = {
+            let mut planner = shared.prune_planner();
+            let due = planner.due(now);
+            (due, planner.next_wake())
+        };
+        for job in prunes.start {
+            crate::runner::spawn_prune(&shared, job);
+        }
+        let wake = match (wake, prune_wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         for job in due.skipped {
             tracing::warn!(job = %job, "its previous run is still going; skipping this scheduled run");

@@ -30,6 +30,8 @@ pub struct Loaded {
 pub struct Shared {
     loaded: RwLock<Arc<Loaded>>,
     pub planner: Mutex<Planner>,
+    /// The same for `retention.schedule`: when each job is pruned on its own.
+    pub prune_planner: Mutex<Planner>,
     /// Jobs with a run in progress. The planner forgets a job removed by a reload;
     /// this set does not, so a job re-added while its old run goes on cannot start twice.
     pub active: Mutex<BTreeSet<String>>,
@@ -51,6 +53,7 @@ impl Shared {
         Arc::new(Shared {
             loaded: RwLock::new(Arc::new(loaded)),
             planner: Mutex::new(Planner::new()),
+            prune_planner: Mutex::new(Planner::new()),
             active: Mutex::new(BTreeSet::new()),
             watches: Mutex::new(BTreeMap::new()),
             alerts,
@@ -75,6 +78,10 @@ impl Shared {
 
     pub fn planner(&self) -> std::sync::MutexGuard<'_, Planner> {
         self.planner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn prune_planner(&self) -> std::sync::MutexGuard<'_, Planner> {
+        self.prune_planner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn active(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {

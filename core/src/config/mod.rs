@@ -272,6 +272,10 @@ pub struct Retention {
     pub keep_monthly: Option<u32>,
     #[serde(default)]
     pub keep_yearly: Option<u32>,
+    /// Also prune on this 5-field crontab schedule (in the job's time zone); the daemon
+    /// always prunes after each good backup of the job.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -195,6 +195,11 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
             r.keep_monthly,
             r.keep_yearly,
         ];
+        if let Some(s) = &r.schedule {
+            if let Err(e) = crate::schedule::parse(s) {
+                out.push(format!("{at}.retention.schedule = {s:?}: {e}"));
+            }
+        }
         if all.iter().all(|k| k.unwrap_or(0) == 0) {
             out.push(format!(
                 "{at}.retention keeps nothing: set at least one keep_* above 0, or remove it"
@@ -319,6 +324,23 @@ kind = "command"
             "jobs.media.timezone",
             "jobs.bad name: a job name",
             "needs `command`",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+        }
+    }
+
+    #[test]
+    fn daemon_keys_are_checked() {
+        let text = format!(
+            "[repository]\nurl = \"file:///r\"\nrecipients = [\"{RECIPIENT}\"]\n\
+             [jobs.m]\nkind = \"command\"\ncommand = \"true\"\nexpect_within = \"0s\"\n\
+             retention = {{ keep_last = 1, schedule = \"0 25 * * *\" }}\nalerts = {{ webhook = \"not a url\" }}\n"
+        );
+        let p = problems(&text).join("\n");
+        for needle in [
+            "jobs.m.retention.schedule",
+            "jobs.m.expect_within",
+            "jobs.m.alerts.webhook",
         ] {
             assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
         }
