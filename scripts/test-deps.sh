@@ -29,3 +29,12 @@ python3 -c 'import moto.server, boto3' 2>/dev/null || pip install -q 'moto[serve
 # Azurite (Azure Blob emulator) and the Azure SDK for Python to create its containers.
 command -v azurite-blob >/dev/null 2>&1 || npm install -g --silent azurite
 python3 -c 'import azure.storage.blob' 2>/dev/null || pip install -q azure-storage-blob
+
+# Garage (persistent, distributed S3; ignores create-only writes). Not packaged by
+# Debian: built from crates.io with the trimmed recipe measured in TESTBED.md
+# (about 5.5 minutes on 2 cores), only when it is not installed yet.
+if ! command -v garage >/dev/null 2>&1; then
+  echo "building garage (once; ~6 minutes)"
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install --quiet garage --locked \
+    --no-default-features --features bundled-libs,sqlite
+fi

@@ -7,6 +7,7 @@
 
 pub mod azurite;
 pub mod daemon;
+pub mod garage;
 pub mod postgres;
 pub mod s3;
 pub mod sshd;
