@@ -276,6 +276,50 @@ fn a_failing_source_commits_nothing_and_keeps_earlier_backups() {
 #[test]
 fn tar_exit_one_is_a_warning_and_other_tar_errors_fail() {
     let mut ws = Workspace::new();
+    // A log file that grows while tar reads it: GNU tar says "file changed as we read
+    // it" and exits 1. The backup is good, the warning is recorded.
+    let src = ws.path().join("live");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("app.log"), vec![b'x'; 64 << 20]).unwrap();
+    let mut writer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while :; do echo more >> {}/app.log; done",
+            src.display()
+        ))
+        .spawn()
+        .unwrap();
+    directory_job(&mut ws, "live", &src);
+    let out = ws.bk(&["run", "live"]);
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+    let out = out.ok();
+    assert!(
+        out.stdout.contains("warning:") && out.stdout.contains("file changed as we read it"),
+        "{}",
+        out.stdout
+    );
+    let id = only_backup(&ws, "live");
+    let manifest = sh(&format!(
+        "age -d -i {} {}/manifest.age | zstd -d | head -n 1",
+        ws.identity.display(),
+        ws.backup_dir("live", &id).display()
+    ));
+    assert!(
+        manifest.contains("file changed as we read it"),
+        "{manifest}"
+    );
+    ws.bk(&[
+        "restore",
+        "live",
+        &id,
+        "--identity",
+        ws.identity.to_str().unwrap(),
+        "--verify",
+    ])
+    .ok();
+
+    // A directory that does not exist: tar exits 2, a failed backup naming the path.
     ws.add("[jobs.missing]\nkind = \"directory\"\npath = \"/nonexistent/bk-test\"\n");
     let out = ws.bk(&["run", "missing"]).fails_with(1);
     assert!(
