@@ -340,6 +340,7 @@ fn unique(prefix: &str) -> String {
 
 #[test]
 fn a_replica_dump_restores_with_stock_pg_restore_and_row_counts_match() {
+    let _turn = REPLAY.lock().unwrap_or_else(|p| p.into_inner());
     let (mut ws, pg) = pg_workspace();
     let db = unique("shop");
     pg.create_database(&db, SHOP);
@@ -627,4 +628,90 @@ fn jobs_work_through_the_restricted_authorized_key_and_nothing_else_runs() {
         out.stderr
     );
     assert!(ws.backup_ids("sneaky").is_empty());
+}
+
+/// The hot-standby failure, provoked: `max_standby_streaming_delay = 0`, a slow reader
+/// (zstd level 9, one thread) on a sizeable dump, and UPDATE + VACUUM on the primary meanwhile.
+#[test]
+fn a_recovery_conflict_is_recognised_retried_and_avoided_by_pausing_replay() {
+    let _turn = REPLAY.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut ws, pg) = pg_workspace();
+    let db = unique("churn");
+    pg.create_database(
+        &db,
+        "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
+         INSERT INTO big SELECT g, 0, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g;",
+    );
+    ws.add("[compression]\nlevel = 9\nworkers = 0\n");
+    let replica = pg.conninfo(true);
+    pg_job(&mut ws, "fragile", &db, &replica, "conflict_retries = 1");
+    pg_job(
+        &mut ws,
+        "steady",
+        &db,
+        &replica,
+        "pause_replay = true\nconflict_retries = 0",
+    );
+    pg.replica(
+        "postgres",
+        "ALTER SYSTEM SET max_standby_streaming_delay = 0",
+    );
+    pg.replica("postgres", "SELECT pg_reload_conf()");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        let port = pg.primary_port;
+        let db = db.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Command::new("psql")
+                    .args([
+                        "-X",
+                        "-q",
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "-U",
+                        "postgres",
+                        "-d",
+                        &db,
+                    ])
+                    .args([
+                        "-c",
+                        "UPDATE big SET n = n + 1 WHERE id % 20 = 0",
+                        "-c",
+                        "VACUUM big",
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        })
+    };
+    let fragile = ws.bk(&["run", "fragile"]);
+    let steady = ws.bk(&["run", "steady"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().unwrap();
+    pg.replica("postgres", "ALTER SYSTEM RESET max_standby_streaming_delay");
+    pg.replica("postgres", "SELECT pg_reload_conf()");
+
+    let fragile = fragile.fails_with(1);
+    assert!(
+        fragile.stderr.contains("conflict with recovery"),
+        "{}",
+        fragile.stderr
+    );
+    assert!(
+        fragile.stderr.contains("retrying in 5s"),
+        "no retry was made:\n{}",
+        fragile.stderr
+    );
+    assert!(ws.backup_ids("fragile").is_empty());
+    steady.ok();
+    assert_eq!(pg.pause_state(), "not paused");
+    let id = ws.backup_ids("steady").remove(0);
+    let details = &decrypted_manifest(&ws, "steady", &id)[0]["details"];
+    assert_eq!(details["row_counts"]["public.big"], 300000, "{details}");
+    assert_eq!(details["row_counts_exact"], true, "{details}");
 }
