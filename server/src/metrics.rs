@@ -98,7 +98,7 @@ pub fn seed(config: &Config, catalog: &Catalog) {
     gauge!("bk_jobs_configured").set(config.jobs.len() as f64);
     for name in config.jobs.keys() {
         let job = name.clone();
-        counter!("bk_job_failures_total", "job" => job.clone()).absolute(0);
+        counter!("bk_job_failures_total", "job" => job.clone()).increment(0);
         for status in [
             RunStatus::Success,
             RunStatus::Failed,

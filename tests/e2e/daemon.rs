@@ -120,6 +120,13 @@ fn a_failed_run_shows_in_metrics_logs_and_alerts() {
     )
     .is_some());
     assert_eq!(commit_records(&ws, "broken").len(), 0);
+    // A reload keeps the counters.
+    d.signal(libc::SIGHUP);
+    d.wait_for_log("configuration reloaded", Duration::from_secs(10));
+    assert_eq!(
+        sample(&metrics(&d), "bk_job_failures_total", &[("job", "broken")]),
+        Some(1.0)
+    );
     let (code, page) = d.get("/");
     assert_eq!(code, 200);
     let line = page
