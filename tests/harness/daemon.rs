@@ -13,14 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::Workspace;
 
-/// A free TCP port on loopback (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
+pub use crate::free_port;
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout` saying `what`.
 #[track_caller]
