@@ -61,6 +61,9 @@ pub fn reload(shared: &Arc<Shared>, path: &Path) {
                 .filter(|j| !after.contains(j))
                 .map(|j| j.as_str())
                 .collect();
+            if loaded.config.server.log_format != old.config.server.log_format {
+                tracing::warn!("server.log_format changed; the log format changes only on restart");
+            }
             if loaded.config.server.listen != old.config.server.listen {
                 tracing::warn!(
                     listen = %loaded.config.server.listen,
