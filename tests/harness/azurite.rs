@@ -2,9 +2,7 @@
 //! emulator, on a free loopback port, one per test. Containers are created through the
 //! Azure SDK for Python (`azure-storage-blob`), since object_store cannot create them.
 
-use std::net::TcpStream;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
 /// Azurite's well-known development account (public, documented by Microsoft).
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -38,33 +36,8 @@ impl Azurite {
         ])
         .arg("--location")
         .arg(data.path());
-        let (tx, rx) = std::sync::mpsc::channel();
-        // PR_SET_PDEATHSIG follows the spawning thread: spawn from one that never exits.
-        std::thread::spawn(move || {
-            unsafe {
-                use std::os::unix::process::CommandExt;
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let _ = tx.send(cmd.spawn());
-            loop {
-                std::thread::park();
-            }
-        });
-        let child = rx
-            .recv()
-            .expect("spawner")
-            .expect("starting azurite-blob (run scripts/test-deps.sh)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "Azurite did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = super::spawn_service(cmd);
+        super::wait_for_port(port, "Azurite");
         Azurite {
             port,
             child,

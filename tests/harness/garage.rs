@@ -4,7 +4,6 @@
 //! accepts `If-None-Match: *` and overwrites anyway (TESTBED.md), which is exactly
 //! what bk must detect and survive.
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -42,24 +41,7 @@ fn spawn_node(config: &Path, log: &Path) -> Child {
         .arg("server")
         .stdout(log.try_clone().expect("clone"))
         .stderr(log);
-    let (tx, rx) = std::sync::mpsc::channel();
-    // PR_SET_PDEATHSIG follows the spawning thread: spawn from one that never exits.
-    std::thread::spawn(move || {
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let _ = tx.send(cmd.spawn());
-        loop {
-            std::thread::park();
-        }
-    });
-    rx.recv()
-        .expect("spawner")
-        .expect("starting garage (run scripts/test-deps.sh)")
+    super::spawn_service(cmd)
 }
 
 impl Garage {
@@ -102,8 +84,8 @@ impl Garage {
             });
         }
         for node in &nodes {
-            wait_port(node.rpc_port);
-            wait_port(node.s3_port);
+            super::wait_for_port(node.rpc_port, "garage RPC");
+            super::wait_for_port(node.s3_port, "garage S3 API");
         }
         let first = nodes[0].config.clone();
         let ids: Vec<String> = nodes
@@ -209,13 +191,5 @@ impl Drop for Garage {
         for i in 0..self.nodes.len() {
             self.kill_node(i);
         }
-    }
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "garage did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }

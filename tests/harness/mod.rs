@@ -261,6 +261,43 @@ impl Default for Workspace {
     }
 }
 
+/// Starts a test service that dies with the test process, however that ends (even
+/// SIGKILL): PR_SET_PDEATHSIG fires when the spawning *thread* exits, so the spawn
+/// happens on a thread that lives as long as the process.
+pub fn spawn_service(mut cmd: Command) -> std::process::Child {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // SAFETY: prctl only sets a flag on the child between fork and exec.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let _ = tx.send(cmd.spawn());
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv()
+        .expect("service spawner thread")
+        .unwrap_or_else(|e| panic!("cannot start a test service ({e}); run scripts/test-deps.sh"))
+}
+
+/// Waits until something accepts TCP connections on `port` of loopback.
+#[track_caller]
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not listen on port {port} within 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A free TCP port on loopback (bound and released; good enough for test services).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

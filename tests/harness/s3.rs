@@ -4,9 +4,7 @@
 //! kept in the temp directory for diagnosis. Objects are inspected and tampered with
 //! through the S3 API (boto3, which moto brings), never through moto's internals.
 
-use std::net::TcpStream;
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
 pub const ACCESS_KEY: &str = "AKIABKTESTACCESSKEY1";
 pub const SECRET_KEY: &str = "bk-test-secret-Zq9xW3vR7tY2uI8oP4aS6dF1";
@@ -34,25 +32,8 @@ impl S3Server {
         ])
         .stdout(log.try_clone().expect("clone"))
         .stderr(log);
-        // The server dies with the test process, however that ends.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .expect("starting moto (run scripts/test-deps.sh)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let child = super::spawn_service(cmd);
+        super::wait_for_port(port, "moto");
         S3Server { port, child }
     }
 
