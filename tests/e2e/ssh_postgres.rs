@@ -356,6 +356,12 @@ fn a_replica_dump_restores_with_stock_pg_restore_and_row_counts_match() {
         "{details}"
     );
     assert!(
+        details["postgres"]["peak_replay_lag_seconds"]
+            .as_f64()
+            .is_some(),
+        "{details}"
+    );
+    assert!(
         details["pg_globals"]
             .as_str()
             .unwrap()
@@ -714,4 +720,53 @@ fn a_recovery_conflict_is_recognised_retried_and_avoided_by_pausing_replay() {
     let details = &decrypted_manifest(&ws, "steady", &id)[0]["details"];
     assert_eq!(details["row_counts"]["public.big"], 300000, "{details}");
     assert_eq!(details["row_counts_exact"], true, "{details}");
+}
+
+/// Replay stalls while a dump runs (here: paused by hand while the primary writes):
+/// the lag is watched during the dump and past `abort_replay_lag` the dump is stopped.
+#[test]
+fn replay_lag_growing_during_the_dump_stops_it() {
+    let _turn = REPLAY.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut ws, pg) = pg_workspace();
+    let db = unique("laggy");
+    pg.create_database(
+        &db,
+        "CREATE TABLE big (id int PRIMARY KEY, n int, pad text);
+         INSERT INTO big SELECT g, 0, repeat(md5(g::text), 3) FROM generate_series(1, 300000) g;",
+    );
+    ws.add("[compression]\nlevel = 19\nworkers = 0\n");
+    pg_job(
+        &mut ws,
+        "laggy",
+        &db,
+        &pg.conninfo(true),
+        "abort_replay_lag = \"3s\"",
+    );
+    let mut bk = Command::new(bk_path())
+        .args(["--config", ws.config.to_str().unwrap(), "run", "laggy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    pg.replica("postgres", "SELECT pg_wal_replay_pause()");
+    let start = Instant::now();
+    while bk.try_wait().unwrap().is_none() {
+        pg.primary(&db, "UPDATE big SET n = n + 1 WHERE id = 1");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the dump was not stopped"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    pg.replica("postgres", "SELECT pg_wal_replay_resume()");
+    let out = bk.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("abort_replay_lag") && stderr.contains("the dump was stopped"),
+        "{stderr}"
+    );
+    assert!(ws.backup_ids("laggy").is_empty());
+    wait_for_state(pg, "not paused", "after the lag test");
 }

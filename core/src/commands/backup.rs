@@ -371,12 +371,13 @@ async fn attempt(
     let mut details = BTreeMap::new();
     let mut source_warnings = Vec::new();
     if let Some(pg) = pg {
-        details = pg.details.clone();
-        source_warnings = pg.warnings.clone();
         // Replay must be running again before anything else is decided.
-        if let Err(e) = pg.finish(job).await {
-            upload.abort().await;
-            return Err(source_err(e));
+        match pg.finish(job).await {
+            Ok((d, w)) => (details, source_warnings) = (d, w),
+            Err(e) => {
+                upload.abort().await;
+                return Err(source_err(e));
+            }
         }
     }
     if cancel.is_cancelled() {

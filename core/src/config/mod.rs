@@ -208,6 +208,10 @@ pub struct JobConfig {
     /// `postgres`: refuse to dump a replica whose replay lag is above this.
     #[serde(default = "default_max_replay_lag", with = "humantime_serde")]
     pub max_replay_lag: Duration,
+    /// `postgres`: stop the dump (a failed run) when the replica's replay lag passes
+    /// this while it runs; `max_replay_lag` only warns then. Unset: never stopped.
+    #[serde(default, with = "humantime_serde")]
+    pub abort_replay_lag: Option<Duration>,
     /// `postgres`: pause WAL replay on the replica for the dump (no recovery conflicts,
     /// exact row counts); replay is always resumed, also when the run fails or bk dies.
     #[serde(default)]

@@ -38,7 +38,7 @@ pub fn plan(job: &JobConfig) -> DumpPlan {
         kind: JobKind::Postgres,
         command: format!(
             "pg_dump --format=custom --compress=0 --no-password --dbname={}",
-            quote(&connstr(job))
+            quote(&format!("{} application_name={DUMP_APP}", connstr(job)))
         ),
         describe,
         version_command: Some("pg_dump --version".into()),
@@ -83,12 +83,19 @@ const STATE_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_reco
      ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, \
      current_setting('server_version')";
 const PAUSE_STATE_SQL: &str = "SELECT pg_get_wal_replay_pause_state()";
+/// pg_dump's `application_name`, so that a runaway dump can be found and stopped.
+const DUMP_APP: &str = "bk_pg_dump";
+const TERMINATE_SQL: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+     WHERE application_name = 'bk_pg_dump' AND datname = current_database()";
+/// How often the replay lag is measured during the dump.
+const LAG_POLL: Duration = Duration::from_secs(2);
 
 /// Every command a postgres job sends to its host besides the dump itself (for the
 /// `authorized_keys` forced command, which allows exactly these).
 pub fn commands(job: &JobConfig) -> Vec<String> {
     let mut out = vec![
         psql(job, STATE_SQL),
+        psql(job, TERMINATE_SQL),
         count_rows_command(job),
         globals_command(job),
         format!("{} --no-role-passwords", globals_command(job)),
@@ -143,6 +150,7 @@ pub struct PgSession {
     host: SourceHost,
     job_name: String,
     watchdog: Option<Watchdog>,
+    monitor: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<LagWatch>>)>,
     /// Facts for the manifest's `details`.
     pub details: BTreeMap<String, serde_json::Value>,
     pub warnings: Vec<String>,
@@ -160,6 +168,7 @@ impl PgSession {
             host: host.clone(),
             job_name: job_name.to_string(),
             watchdog: None,
+            monitor: None,
             details: BTreeMap::new(),
             warnings: Vec::new(),
         };
@@ -191,7 +200,49 @@ impl PgSession {
             .count_rows(job, job.pause_replay && in_recovery)
             .await?;
         session.globals(job).await?;
+        if in_recovery && !job.pause_replay {
+            session.watch_lag(job, lag);
+        }
         Ok(session)
+    }
+
+    /// Measures the replay lag while the dump runs: a slow reader stalls a backend in
+    /// ClientWrite, and that can stall replay without bound. The peak is recorded,
+    /// `max_replay_lag` warns, `abort_replay_lag` stops the dump.
+    fn watch_lag(&mut self, job: &JobConfig, initial: f64) {
+        let state = Arc::new(std::sync::Mutex::new(LagWatch {
+            peak: initial,
+            ..LagWatch::default()
+        }));
+        let (host, job, shared) = (self.host.clone(), job.clone(), state.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LAG_POLL).await;
+                let Ok((ExitOutcome::Code(0), out, _)) = host.output(&psql(&job, STATE_SQL)).await
+                else {
+                    continue;
+                };
+                let lag: f64 = out
+                    .trim()
+                    .split('|')
+                    .nth(1)
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0.0);
+                {
+                    let mut w = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    w.peak = w.peak.max(lag);
+                }
+                if job
+                    .abort_replay_lag
+                    .is_some_and(|limit| lag > limit.as_secs_f64())
+                {
+                    shared.lock().unwrap_or_else(|p| p.into_inner()).aborted = Some(lag);
+                    let _ = host.output(&psql(&job, TERMINATE_SQL)).await;
+                    return;
+                }
+            }
+        });
+        self.monitor = Some((task, state));
     }
 
     fn refuse(&self, why: &str) -> SourceError {
@@ -291,14 +342,44 @@ impl PgSession {
     }
 
     /// Resumes replay (if paused) and confirms it runs. Runs on success and failure.
-    pub async fn finish(mut self, job: &JobConfig) -> Result<(), SourceError> {
+    /// Returns the manifest details and warnings; fails if replay could not be
+    /// resumed or the dump was stopped for lag.
+    pub async fn finish(
+        mut self,
+        job: &JobConfig,
+    ) -> Result<(BTreeMap<String, serde_json::Value>, Vec<String>), SourceError> {
+        if let Some((task, state)) = self.monitor.take() {
+            task.abort();
+            let w = state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            if let Some(serde_json::Value::Object(pg)) = self.details.get_mut("postgres") {
+                pg.insert("peak_replay_lag_seconds".into(), json!(w.peak));
+            }
+            if let Some(lag) = w.aborted {
+                return Err(self.refuse(&format!(
+                    "the replica's replay lag reached {lag:.0}s during the dump, above \
+                     abort_replay_lag = {}: the dump was stopped",
+                    humantime::format_duration(job.abort_replay_lag.unwrap_or_default())
+                )));
+            }
+            if w.peak > job.max_replay_lag.as_secs_f64() {
+                self.warnings.push(format!(
+                    "the replica's replay lag reached {:.0}s during the dump (max_replay_lag = {})",
+                    w.peak,
+                    humantime::format_duration(job.max_replay_lag)
+                ));
+            }
+        }
+        let done = (
+            std::mem::take(&mut self.details),
+            std::mem::take(&mut self.warnings),
+        );
         let Some(watchdog) = self.watchdog.take() else {
-            return Ok(());
+            return Ok(done);
         };
         let (outcome, stderr) = watchdog.release().await;
         let state = self.query(job, PAUSE_STATE_SQL).await;
         match (&outcome, state) {
-            (ExitOutcome::Code(0), Ok(s)) if s.trim() == "not paused" => Ok(()),
+            (ExitOutcome::Code(0), Ok(s)) if s.trim() == "not paused" => Ok(done),
             (_, state) => Err(SourceError::Failed {
                 host: self.host.name().to_string(),
                 outcome,
@@ -311,6 +392,21 @@ impl PgSession {
                     }
                 ),
             }),
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct LagWatch {
+    peak: f64,
+    aborted: Option<f64>,
+}
+
+impl Drop for PgSession {
+    /// The lag monitor must not outlive the run (the watchdog ends with its stdin).
+    fn drop(&mut self) {
+        if let Some((task, _)) = self.monitor.take() {
+            task.abort();
         }
     }
 }
