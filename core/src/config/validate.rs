@@ -174,6 +174,7 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
     if job.kind != JobKind::Postgres {
         unused("allow_primary", job.allow_primary, out);
         unused("pause_replay", job.pause_replay, out);
+        unused("abort_replay_lag", job.abort_replay_lag.is_some(), out);
     }
     if chrono_tz::Tz::from_str(&job.timezone).is_err() {
         out.push(format!(
