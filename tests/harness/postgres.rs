@@ -82,6 +82,8 @@ impl Cluster {
         crate::sshd::register_exit_command(format!(
             "runuser -u postgres -- {BIN}/pg_ctl -D {d}/replica -m immediate stop"
         ));
+        // The static Cluster is never dropped: remove its data directories at exit too.
+        crate::sshd::register_exit_command(format!("rm -rf {d}"));
         c.wait_until(Duration::from_secs(30), || {
             c.replica("postgres", "SELECT pg_is_in_recovery()") == "t"
         });

@@ -101,6 +101,7 @@ impl Sshd {
         SHARED.get_or_init(|| {
             let s = Sshd::start();
             register_exit_kill(s.pid);
+            register_exit_command(format!("rm -rf {}", s.dir.path().display()));
             s
         })
     }
