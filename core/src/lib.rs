@@ -19,3 +19,18 @@ pub mod source;
 
 /// The version of bk, recorded in every manifest.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An error and all its causes, one sentence each, for logs, the catalog and alerts.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

@@ -112,6 +112,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     shutdown(&shared).await;
     let _ = scheduler.await;
     let _ = overdue.await;
+    // SSH master connections exit on their own after an idle minute; close them now
+    // so a stopped daemon leaves no ssh process behind.
+    bk_core::source::ssh::close_all().await;
     if let Ok(Err(e)) = http.await {
         return Err(DaemonError::Http(e));
     }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError, RunStatus};
 use crate::config::{Config, JobConfig, JobKind};
+pub use crate::error_chain;
 use crate::keys::{self, KeyError};
 use crate::pipeline::{self, hash::copy_large, PipelineError, SealSettings};
 use crate::repo::commit::{self, CommitRecord, StoredObject};
@@ -513,19 +514,4 @@ async fn commit_objects(
         .await
         .map_err(|source| BackupError::Repo { job: name, source })?;
     Ok(record)
-}
-
-/// An error and all its causes, one sentence each, for logs and the catalog.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }

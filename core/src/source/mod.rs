@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncRead;
 
+pub(crate) use crate::error_chain;
+
 use crate::config::{Config, JobConfig, JobKind};
 
 /// How a source command ended.
@@ -106,21 +108,6 @@ pub enum SourceError {
         job: String,
         reason: String,
     },
-}
-
-/// An error and its causes, one sentence each.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 fn stderr_suffix(stderr: &str) -> String {
