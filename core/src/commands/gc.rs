@@ -33,16 +33,7 @@ pub async fn gc(
     let cutoff = now - chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX);
     let mut report = GcReport::default();
     let mut groups: BTreeMap<(String, String), Vec<ObjectMeta>> = BTreeMap::new();
-    let root = Path::from(layout::BACKUPS);
-    let listing: Vec<ObjectMeta> =
-        repo.store()
-            .list(Some(&root))
-            .try_collect()
-            .await
-            .map_err(|source| RepoError::Store {
-                key: root.to_string(),
-                source,
-            })?;
+    let listing = list_all(repo, layout::BACKUPS).await?;
     for meta in listing {
         let parts: Vec<String> = meta
             .location
@@ -73,16 +64,7 @@ pub async fn gc(
                 .extend(objects.iter().map(|m| m.location.to_string()));
         }
     }
-    let probes = Path::from("bk-probe");
-    let probe_listing: Vec<ObjectMeta> = repo
-        .store()
-        .list(Some(&probes))
-        .try_collect()
-        .await
-        .map_err(|source| RepoError::Store {
-            key: probes.to_string(),
-            source,
-        })?;
+    let probe_listing = list_all(repo, "bk-probe").await?;
     doomed.extend(
         probe_listing
             .into_iter()
@@ -105,6 +87,19 @@ pub async fn gc(
         sweep_staging_files(&root, cutoff.into(), dry_run, &mut report);
     }
     Ok(report)
+}
+
+/// Every object under `prefix`.
+async fn list_all(repo: &Repository, prefix: &str) -> Result<Vec<ObjectMeta>, RepoError> {
+    let prefix = Path::from(prefix);
+    repo.store()
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|source| RepoError::Store {
+            key: prefix.to_string(),
+            source,
+        })
 }
 
 /// object_store's local backend uploads into `name#N` staging files and hides them
