@@ -4,6 +4,8 @@
 //! every syntax or type error), then `validate` reports every problem at once, each
 //! naming the key at fault, before anything runs.
 
+#[cfg(test)]
+mod reference;
 mod size;
 mod validate;
 
