@@ -18,10 +18,14 @@ if [ -e "$demo" ]; then
   fi
 fi
 
-echo "==> bk init $demo (config, local repository, new age key pair)"
-"$bk" init "$demo" --source "$source_dir"
-touch "$demo/.bk-quickstart"
-cfg="$demo/bk.toml"
+echo "==> bk init $demo/config (config, local repository, new age key pair)"
+mkdir -p "$demo" && touch "$demo/.bk-quickstart"
+# The identity goes outside the configuration directory (in real life: offline).
+"$bk" init "$demo/config" --source "$source_dir" --identity "$demo/identity.age"
+cfg="$demo/config/bk.toml"
+
+echo; echo "==> bk config check   (validates, then checks the repository and the job's source)"
+"$bk" --config "$cfg" config check
 
 echo; echo "==> bk run example   (backs up $source_dir)"
 "$bk" --config "$cfg" run example

@@ -61,6 +61,7 @@ pub enum Command {
         json: bool,
     },
     /// Remove uncommitted leftovers of failed or crashed backups (after a grace period)
+    #[command(after_help = "Examples:\n  bk gc --dry-run\n  bk gc --grace 48h")]
     Gc {
         /// Show what would be removed, remove nothing
         #[arg(long)]
@@ -72,6 +73,7 @@ pub enum Command {
         json: bool,
     },
     /// The catalog (the backup server's run history and backup cache)
+    #[command(after_help = "Example:\n  bk catalog rebuild")]
     Catalog {
         #[command(subcommand)]
         command: CatalogCommand,
@@ -89,17 +91,34 @@ pub enum Command {
         json: bool,
     },
     /// Every job's last run, last good backup and next run (from the catalog)
+    #[command(
+        after_help = "Examples:\n  bk status\n  bk status --json | jq '.jobs[] | select(.overdue)'"
+    )]
     Status {
         #[arg(long)]
         json: bool,
     },
-    /// Write a starter configuration and a key pair into DIR
+    /// Write a commented starter configuration into DIR and a new key pair
+    #[command(
+        after_help = "The identity (private key) is written outside DIR, to --identity: move it offline.\n\nExamples:\n  bk init /etc/bk --identity /media/usb/bk-identity.age\n  bk init ./demo --source /srv/media --identity ./demo-identity.age"
+    )]
     Init {
         #[arg(default_value = ".")]
         dir: PathBuf,
         /// Directory the example job backs up
         #[arg(long, default_value = "/usr/share/doc")]
         source: PathBuf,
+        /// Where to write the new identity; never inside DIR [default: ~/bk-identity.age]
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  bk completions bash > /etc/bash_completion.d/bk\n  bk completions zsh > \"${fpath[1]}/_bk\"\n  bk completions fish > ~/.config/fish/completions/bk.fish"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Print the authorized_keys line for HOST's source user, restricted to what its jobs run
     #[command(
@@ -107,6 +126,7 @@ pub enum Command {
     )]
     AuthorizedKey { host: String },
     /// Configuration commands
+    #[command(after_help = "Examples:\n  bk config check\n  bk config check --offline")]
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
@@ -116,13 +136,24 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum CatalogCommand {
     /// Rebuild the backup cache from the repository alone
+    #[command(after_help = "Example:\n  bk catalog rebuild")]
     Rebuild,
 }
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
-    /// Validate the configuration and report every problem
-    Check,
+    /// Validate the configuration, then check every host and the storage (read-only)
+    #[command(
+        after_help = "Reports every problem with its fix. Exit status: 0 all good, 1 a check failed,\n2 the configuration is invalid.\n\nExamples:\n  bk config check\n  bk --config /etc/bk/bk.toml config check --offline\n  bk config check --json"
+    )]
+    Check {
+        /// Only validate the file; contact no host and no storage
+        #[arg(long)]
+        offline: bool,
+        /// Print the result as one JSON document
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]

@@ -98,6 +98,24 @@ pub fn load_identities(path: &Path) -> Result<Vec<Identity>, KeyError> {
     Ok(ids)
 }
 
+/// The `age1…` recipients of the X25519 identities in an age identity file, to check
+/// that a restore-test identity can open what the repository writes. Empty for an SSH
+/// private key (its recipient is its `.pub` line).
+pub fn identity_recipients(path: &Path) -> Result<Vec<String>, KeyError> {
+    load_identities(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| KeyError::ReadIdentity {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("AGE-SECRET-KEY-1"))
+        .filter_map(|l| l.parse::<age::x25519::Identity>().ok())
+        .map(|id| id.to_public().to_string())
+        .collect())
+}
+
 /// Generates a new X25519 identity, writes it to `path` (mode 0600, never
 /// overwriting) and returns its recipient.
 pub fn generate_identity_file(path: &Path) -> Result<String, KeyError> {
@@ -154,6 +172,7 @@ mod tests {
         let recipient = generate_identity_file(&path).unwrap();
         assert!(parse_recipient(&recipient).is_ok());
         assert_eq!(load_identities(&path).unwrap().len(), 1);
+        assert_eq!(identity_recipients(&path).unwrap(), vec![recipient.clone()]);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(matches!(

@@ -1,17 +1,60 @@
-//! `bk config check`: validates the configuration and reports every problem.
+//! `bk config check [--offline] [--json]`: validates the configuration (every problem,
+//! exit 2), then checks, read-only, everything it names: the repository, every SSH
+//! host, each job's source, the restore-test identities. Each failed check comes with
+//! its fix; any failure exits 1.
 
 use std::path::Path;
 
+use anyhow::anyhow;
+use bk_core::commands::check;
+
+use crate::output;
 use crate::Failure;
 
-pub fn check(explicit: Option<&Path>) -> Result<(), Failure> {
+pub async fn check(explicit: Option<&Path>, offline: bool, json: bool) -> Result<(), Failure> {
     let config = super::load(explicit)?;
-    println!(
+    let summary = format!(
         "{}: valid ({} job(s), {} host(s), repository {})",
         config.source_file.display(),
         config.jobs.len(),
         config.hosts.len(),
         bk_core::repo::redact_url(&config.repository.url)
     );
-    Ok(())
+    let checks = if offline {
+        Vec::new()
+    } else {
+        check::run(&config).await
+    };
+    let failed: Vec<&check::Check> = checks.iter().filter(|c| !c.ok).collect();
+    if json {
+        output::json(&serde_json::json!({
+            "config": config.source_file,
+            "valid": true,
+            "offline": offline,
+            "checks": checks,
+            "failed": failed.len(),
+        }))?;
+    } else {
+        println!("{summary}");
+        for c in &checks {
+            let mark = if c.ok { "ok" } else { "FAIL" };
+            println!("{mark:<5} {:<24} {}", c.what, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("{:<5} {:<24} fix: {fix}", "", "");
+            }
+        }
+        if !offline {
+            println!("{} check(s), {} failed", checks.len(), failed.len());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        let names: Vec<&str> = failed.iter().map(|c| c.what.as_str()).collect();
+        Err(Failure::Failed(anyhow!(
+            "{} check(s) failed: {}",
+            failed.len(),
+            names.join(", ")
+        )))
+    }
 }

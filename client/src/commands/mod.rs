@@ -2,6 +2,7 @@
 
 mod authorized_key;
 mod catalog;
+mod completions;
 mod config;
 mod gc;
 mod init;
@@ -26,7 +27,15 @@ pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let config_path = cli.config.as_deref();
     match cli.command {
         Command::Keygen { output } => keygen::run(&output),
-        Command::Init { dir, source } => init::run(&dir, &source),
+        Command::Init {
+            dir,
+            source,
+            identity,
+        } => init::run(&dir, &source, identity.as_deref()),
+        Command::Completions { shell } => {
+            completions::print(shell);
+            Ok(())
+        }
         Command::Run { job, json } => run::run(&load(config_path)?, &job, json).await,
         Command::List { job, json } => list::run(&load(config_path)?, job.as_deref(), json).await,
         Command::Restore(args) => restore::run(&load(config_path)?, args).await,
@@ -47,8 +56,8 @@ pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Status { json } => status::run(&load(config_path)?, json).await,
         Command::AuthorizedKey { host } => authorized_key::run(&load(config_path)?, &host),
         Command::Config {
-            command: ConfigCommand::Check,
-        } => config::check(config_path),
+            command: ConfigCommand::Check { offline, json },
+        } => config::check(config_path, offline, json).await,
     }
 }
 

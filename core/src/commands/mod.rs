@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod gc;
 pub mod list;
 pub mod prune;
