@@ -16,6 +16,9 @@ have ssh || need+=(openssh-client)
 test -x /usr/lib/postgresql/15/bin/initdb || need+=(postgresql-15)
 have pg_restore || need+=(postgresql-client-15)
 have flock || need+=(util-linux)
+# A real browser for the status page (tests/harness/chromium.rs); jq for docs/disaster-recovery.md.
+have chromium || need+=(chromium)
+have jq || need+=(jq)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

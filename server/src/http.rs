@@ -1,11 +1,13 @@
 //! The HTTP listener (loopback by default): `/healthz` for liveness checks,
 //! `/metrics` in Prometheus text format, `/api/status` with the same JSON as
-//! `bk status --json`, and `/`, a one-screen text summary. Read-only: nothing here can start, stop or change a job.
+//! `bk status --json`, `/status`, the HTML status page (status_page.rs), and `/`:
+//! that page for a browser (`Accept: text/html`), a one-screen text summary for
+//! anything else (curl). Read-only: nothing here can start, stop or change a job.
 
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -25,6 +27,7 @@ struct AppState {
 pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/status", get(status_page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/api/status", get(status))
@@ -80,8 +83,54 @@ async fn status(State(app): State<AppState>) -> Response {
     }
 }
 
+/// The HTML page and the runs it charts, read from the catalog off the async threads.
+async fn status_page(State(app): State<AppState>) -> Response {
+    let status = match read_status(&app).await {
+        Ok(s) => s,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let loaded = app.shared.current();
+    let names: Vec<String> = status.jobs.iter().map(|j| j.job.clone()).collect();
+    let runs = tokio::task::spawn_blocking(move || {
+        let mut runs = std::collections::BTreeMap::new();
+        for name in names {
+            let job_runs = loaded
+                .catalog
+                .runs(Some(&name), crate::status_page::CHART_RUNS)?;
+            runs.insert(name, job_runs);
+        }
+        Ok::<_, bk_core::catalog::CatalogError>(runs)
+    })
+    .await;
+    let runs = match runs {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let page = crate::status_page::render(
+        &status,
+        &runs,
+        &bk_core::catalog::hostname(),
+        env!("CARGO_PKG_VERSION"),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
+}
+
+/// `/`: the HTML page for a browser, the text summary for curl.
+async fn index(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_html {
+        status_page(State(app)).await
+    } else {
+        text_summary(app).await
+    }
+}
+
 /// A one-screen text summary for a human with curl.
-async fn index(State(app): State<AppState>) -> Response {
+async fn text_summary(app: AppState) -> Response {
     let status = match read_status(&app).await {
         Ok(s) => s,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),

@@ -17,6 +17,7 @@ mod runner;
 mod scheduler;
 mod signals;
 mod state;
+mod status_page;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,6 +6,7 @@
 //! per test binary on free loopback ports.
 
 pub mod azurite;
+pub mod chromium;
 pub mod daemon;
 pub mod garage;
 pub mod postgres;
