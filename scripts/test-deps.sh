@@ -19,6 +19,9 @@ have flock || need+=(util-linux)
 # A real browser for the status page (tests/harness/chromium.rs); jq for docs/disaster-recovery.md.
 have chromium || need+=(chromium)
 have jq || need+=(jq)
+# MariaDB primary + replica for mysql jobs (tests/harness/mariadb.rs).
+have mariadbd || test -x /usr/sbin/mariadbd || need+=(mariadb-server)
+have mariadb || need+=(mariadb-client)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -2,13 +2,14 @@
 //! binaries, makes throw-away workspaces (config, key pair, local repository), runs
 //! commands and measures their peak memory, and checks that the external tools the
 //! tests compare against (`age`, `zstd`, `tar`…) are installed. Services (sshd,
-//! PostgreSQL, S3) live in their own modules beside this one and are started once
-//! per test binary on free loopback ports.
+//! PostgreSQL, MariaDB, S3) live in their own modules beside this one and are started
+//! once per test binary on free loopback ports.
 
 pub mod azurite;
 pub mod chromium;
 pub mod daemon;
 pub mod garage;
+pub mod mariadb;
 pub mod postgres;
 pub mod s3;
 pub mod sshd;

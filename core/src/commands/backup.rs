@@ -289,6 +289,14 @@ async fn attempt(
         ),
         _ => None,
     };
+    let mysql = match job.kind {
+        JobKind::Mysql => Some(
+            source::mysql::MySqlSession::begin(&host, job_name, job)
+                .await
+                .map_err(source_err)?,
+        ),
+        _ => None,
+    };
     let started = Utc::now();
     let id = BackupId::new(started);
     let mut tool_versions = BTreeMap::from([("bk".to_string(), crate::VERSION.to_string())]);
@@ -380,6 +388,9 @@ async fn attempt(
                 return Err(source_err(e));
             }
         }
+    }
+    if let Some(mysql) = mysql {
+        (details, source_warnings) = mysql.finish(job).await;
     }
     if cancel.is_cancelled() {
         upload.abort().await;

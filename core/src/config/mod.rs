@@ -204,10 +204,18 @@ pub struct JobConfig {
     /// `postgres`: libpq connection keywords on the source host.
     #[serde(default)]
     pub conninfo: Option<String>,
-    /// `postgres`: dump a primary too (by default only a hot-standby replica is dumped).
+    /// `mysql`: an option file *on the source host* holding the connection settings
+    /// (`[client]` user, password, host/port or socket), passed to the client and the
+    /// dump tool as `--defaults-extra-file`, so that no password is ever on a command
+    /// line. Keep it mode 0600, owned by the source user. Unset: the tools read the
+    /// source user's own option files (`~/.my.cnf`).
+    #[serde(default)]
+    pub defaults_file: Option<String>,
+    /// `postgres`/`mysql`: dump a primary too (by default only a replica is dumped).
     #[serde(default)]
     pub allow_primary: bool,
-    /// `postgres`: refuse to dump a replica whose replay lag is above this.
+    /// `postgres`/`mysql`: refuse to dump a replica whose replay lag (for `mysql`,
+    /// `Seconds_Behind_Master`) is above this.
     #[serde(default = "default_max_replay_lag", with = "humantime_serde")]
     pub max_replay_lag: Duration,
     /// `postgres`: stop the dump (a failed run) when the replica's replay lag passes

@@ -112,6 +112,26 @@ fn repository(config: &Config, out: &mut Vec<String>) {
     }
 }
 
+/// `mysql` jobs: the database name goes on the dump tool's command line, the option
+/// file is read on the source host.
+fn mysql(job: &JobConfig, at: &str, out: &mut Vec<String>) {
+    if let Some(db) = &job.database {
+        if db.is_empty() || db.len() > 64 || db.starts_with('-') {
+            out.push(format!(
+                "{at}.database = {db:?}: a MariaDB/MySQL database name has 1 to 64 characters \
+                 and (for bk) does not start with `-`"
+            ));
+        }
+    }
+    if let Some(f) = &job.defaults_file {
+        if !f.starts_with('/') {
+            out.push(format!(
+                "{at}.defaults_file = {f:?} must be an absolute path on the source host"
+            ));
+        }
+    }
+}
+
 fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
     let at = format!("jobs.{name}");
     if !valid_job_name(name) {
@@ -171,8 +191,16 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
             unused("exclude", !job.exclude.is_empty(), out);
         }
     }
-    if job.kind != JobKind::Postgres {
+    if !matches!(job.kind, JobKind::Postgres | JobKind::Mysql) {
         unused("allow_primary", job.allow_primary, out);
+    }
+    if job.kind == JobKind::Mysql {
+        unused("conninfo", job.conninfo.is_some(), out);
+        mysql(job, &at, out);
+    } else {
+        unused("defaults_file", job.defaults_file.is_some(), out);
+    }
+    if job.kind != JobKind::Postgres {
         unused("pause_replay", job.pause_replay, out);
         unused("abort_replay_lag", job.abort_replay_lag.is_some(), out);
     }
@@ -342,6 +370,31 @@ kind = "command"
             "jobs.m.retention.schedule",
             "jobs.m.expect_within",
             "jobs.m.alerts.webhook",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+        }
+    }
+
+    #[test]
+    fn mysql_keys_are_checked() {
+        let head = format!("[repository]\nurl = \"file:///r\"\nrecipients = [\"{RECIPIENT}\"]\n");
+        let good = format!(
+            "{head}[jobs.m]\nkind = \"mysql\"\ndatabase = \"app\"\n\
+             defaults_file = \"/etc/bk/my.cnf\"\nallow_primary = true\nmax_replay_lag = \"1m\"\n"
+        );
+        assert_eq!(problems(&good), Vec::<String>::new());
+        let bad = format!(
+            "{head}[jobs.m]\nkind = \"mysql\"\ndatabase = \"--all-databases\"\n\
+             defaults_file = \"my.cnf\"\nconninfo = \"host=x\"\npause_replay = true\n\
+             [jobs.d]\nkind = \"directory\"\npath = \"/srv\"\ndefaults_file = \"/etc/my.cnf\"\n"
+        );
+        let p = problems(&bad).join("\n");
+        for needle in [
+            "jobs.m.database = \"--all-databases\"",
+            "jobs.m.defaults_file = \"my.cnf\" must be an absolute path",
+            "jobs.m.conninfo has no meaning",
+            "jobs.m.pause_replay has no meaning",
+            "jobs.d.defaults_file has no meaning",
         ] {
             assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
         }

@@ -1,7 +1,8 @@
 //! Sources: where dumps come from. A job's kind decides the command (`directory` →
-//! tar, `postgres` → pg_dump, `command` → the operator's own), its host decides where
-//! it runs (`local` → the backup server itself, any other → over SSH). The running
-//! command's stdout is the dump; its exit status and stderr are part of the result.
+//! tar, `postgres` → pg_dump, `mysql` → mariadb-dump, `command` → the operator's own),
+//! its host decides where it runs (`local` → the backup server itself, any other →
+//! over SSH). The running command's stdout is the dump; its exit status and stderr
+//! are part of the result.
 //!
 //! A source never decides on its own that a short stream is complete: only an exit
 //! status the kind accepts makes a dump good.
@@ -9,6 +10,7 @@
 pub mod command;
 pub mod directory;
 pub mod local;
+pub mod mysql;
 pub mod postgres;
 pub mod restrict;
 pub mod shell;
@@ -137,10 +139,7 @@ impl DumpPlan {
             JobKind::Directory => Ok(directory::plan(job)),
             JobKind::Command => Ok(command::plan(job)),
             JobKind::Postgres => Ok(postgres::plan(job)),
-            other => Err(SourceError::Unsupported {
-                host: job.host.clone(),
-                kind: other.as_str().into(),
-            }),
+            JobKind::Mysql => Ok(mysql::plan(job)),
         }
     }
 

@@ -6,7 +6,7 @@
 //! by the gate from its validated PID rather than run as sent.
 
 use super::shell::quote;
-use super::{postgres, ssh, DumpPlan, SourceError};
+use super::{mysql, postgres, ssh, DumpPlan, SourceError};
 use crate::config::{Config, JobKind};
 
 /// Every command bk may send to `host` for the jobs configured on it.
@@ -22,6 +22,9 @@ pub fn remote_commands(config: &Config, host: &str) -> Vec<String> {
         }
         if job.kind == JobKind::Postgres {
             out.extend(postgres::commands(job));
+        }
+        if job.kind == JobKind::Mysql {
+            out.extend(mysql::commands(job));
         }
     }
     out.sort();
@@ -133,5 +136,22 @@ mod tests {
         let (code, text) = gate_allows(&gate, "kill -KILL -- -1;id 2>/dev/null");
         assert_eq!(code, 126, "{text}");
         assert!(!text.contains("uid="), "{text}");
+    }
+
+    #[test]
+    fn a_mysql_job_gets_its_dump_version_check_replica_check_and_counts() {
+        let text = "[repository]\nurl = \"file:///r\"\n\
+            recipients = [\"age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\"]\n\
+            [hosts.db]\naddress = \"10.0.0.5\"\nuser = \"bk\"\nkey = \"/etc/bk/id\"\nknown_hosts = \"/etc/bk/kh\"\n\
+            [jobs.shop]\nhost = \"db\"\nkind = \"mysql\"\ndatabase = \"shop\"\ndefaults_file = \"/home/bk/my.cnf\"\n";
+        let config = Config::parse(std::path::Path::new("/etc/bk/bk.toml"), text).unwrap();
+        let job = &config.jobs["shop"];
+        let plan = DumpPlan::for_job(job).unwrap();
+        let mut expected = mysql::commands(job);
+        expected.push(ssh::wrap(&plan.command));
+        expected.push(plan.version_command.clone().unwrap());
+        expected.sort();
+        assert_eq!(remote_commands(&config, "db"), expected);
+        assert_eq!(expected.len(), 4);
     }
 }
