@@ -50,9 +50,19 @@ pub enum Command {
     },
     /// Restore a backup, or verify it end to end with --verify
     #[command(
-        after_help = "Examples:\n  bk restore media latest --identity key.age --to /srv/media.restored\n  bk restore app-db --identity key.age --stdout > app.dump\n  bk restore media --identity key.age --verify"
+        after_help = "Examples:\n  bk restore media latest --identity key.age --to /srv/media.restored\n  bk restore app-db --identity key.age --stdout > app.dump\n  bk restore app-db --identity key.age --pg-target postgresql://postgres@localhost/app_restored\n  bk restore media --identity key.age --verify"
     )]
     Restore(RestoreArgs),
+    /// Restore a backup for real into a scratch target and check it (the job's [restore_test])
+    #[command(
+        after_help = "Restores the newest backup (or a random retained one: restore_test.pick) with the\nrestore-test identity: into a scratch database for postgres jobs (row counts and SQL\nchecks), a scratch directory for directory jobs (every file against the manifest);\nthe scratch is removed afterwards. The result goes to the catalog and `bk status`.\n\nExample:\n  bk restore-test app-db"
+    )]
+    RestoreTest {
+        job: String,
+        /// Print the result as one JSON document
+        #[arg(long)]
+        json: bool,
+    },
     /// Key-less integrity scrub: re-read every stored object and check it against its commit record
     #[command(after_help = "Examples:\n  bk verify\n  bk verify media --json")]
     Verify {
@@ -171,6 +181,14 @@ pub struct RestoreArgs {
     /// Write the payload (tar, dump…) to standard output
     #[arg(long)]
     pub stdout: bool,
+    /// Restore a postgres backup into the new database this URL names
+    /// (postgresql://user@host/NEWDB), created first; dropped again if the restore fails
+    #[arg(long, value_name = "URL", conflicts_with_all = ["to", "stdout", "verify"])]
+    pub pg_target: Option<String>,
+    /// With --pg-target: restore without owners and privileges (when the dump's roles
+    /// do not exist on the target server)
+    #[arg(long, requires = "pg_target")]
+    pub no_owner: bool,
     /// Download, decrypt, decompress and check every hash and entry; write nothing
     #[arg(long)]
     pub verify: bool,

@@ -2,8 +2,9 @@
 //!
 //! The tree follows the data: `source` reads a dump, `pipeline` hashes, compresses,
 //! encrypts and uploads it, `repo` defines what sits in object storage, `restore`
-//! turns stored objects back into bytes and files, `catalog` remembers runs, and
-//! `commands` holds one module per operator-facing operation. Nothing in here knows
+//! turns stored objects back into bytes and files, `restore_test` proves a backup
+//! restores by restoring it for real, `catalog` remembers runs, and `commands` holds
+//! one module per operator-facing operation. Nothing in here knows
 //! about the daemon: `bk` must be able to restore without it.
 
 pub mod catalog;
@@ -14,6 +15,7 @@ pub mod pipeline;
 pub mod repo;
 pub mod restore;
 pub mod retention;
+pub mod restore_test;
 pub mod schedule;
 pub mod source;
 

@@ -68,6 +68,15 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             "runs left unfinished by a previous bk-server (killed or crashed) are now recorded as interrupted; nothing of theirs was committed"
         );
     }
+    // Restore tests cut short by a kill leave a scratch database or directory: remove it.
+    let interrupted_tests =
+        bk_core::restore_test::scratch::clean_orphans(&loaded.config, &loaded.catalog).await;
+    if interrupted_tests > 0 {
+        tracing::warn!(
+            tests = interrupted_tests,
+            "restore tests left unfinished by a previous bk-server are now recorded as interrupted; their scratch was removed"
+        );
+    }
     let addr = loaded.config.server.listen.clone();
     let listener = tokio::net::TcpListener::bind(addr.parse::<SocketAddr>().map_err(|e| {
         DaemonError::Listen {

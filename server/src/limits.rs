@@ -49,6 +49,18 @@ impl Limits {
             _host: host,
         }
     }
+
+    /// Waits for a global slot only (restore tests read storage, not a source host).
+    pub async fn acquire_global(&self) -> Slots {
+        let global = match self.global.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => unreachable!("the semaphores are never closed"),
+        };
+        Slots {
+            _global: global,
+            _host: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! failures; per daemon: up, start time, configuration reloads. Seeded from the
 //! catalog at start so a restart does not reset "last success" to nothing.
 
-use bk_core::catalog::{Catalog, RunRecord, RunStatus};
+use bk_core::catalog::{Catalog, RestoreTestRecord, RunRecord, RunStatus, TestStatus};
 use bk_core::config::Config;
 use chrono::{DateTime, Utc};
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
@@ -74,6 +74,34 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         "bk_job_overdue",
         "1 if the job has no good backup within its expected window"
     );
+    describe_gauge!(
+        "bk_restore_test_last_status",
+        "1 for the status of the job's last restore test (passed, failed, interrupted), 0 for the others"
+    );
+    describe_gauge!(
+        "bk_restore_test_last_timestamp_seconds",
+        Unit::Seconds,
+        "When the job's last restore test started"
+    );
+    describe_gauge!(
+        "bk_restore_test_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "When the job's last passed restore test finished"
+    );
+    describe_gauge!(
+        "bk_restore_test_last_duration_seconds",
+        Unit::Seconds,
+        "How long the job's last restore test took"
+    );
+    describe_gauge!(
+        "bk_restore_test_next_timestamp_seconds",
+        Unit::Seconds,
+        "When the job's next restore test is scheduled"
+    );
+    describe_counter!(
+        "bk_restore_tests_total",
+        "Restore tests finished, by status"
+    );
     describe_counter!("bk_job_runs_total", "Runs finished, by status");
     describe_counter!("bk_job_failures_total", "Runs that failed");
     describe_counter!(
@@ -113,6 +141,28 @@ pub fn seed(config: &Config, catalog: &Catalog) {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(job = %name, error = %e, "reading the last run for metrics failed")
+            }
+        }
+        if config.jobs[name].restore_test.is_some() {
+            for status in [
+                TestStatus::Passed,
+                TestStatus::Failed,
+                TestStatus::Interrupted,
+            ] {
+                counter!("bk_restore_tests_total", "job" => job.clone(), "status" => status.as_str())
+                    .increment(0);
+            }
+            match catalog.restore_tests(Some(name), 50) {
+                Ok(tests) => {
+                    // The last passed one sets the success time; the last one, the rest.
+                    let passed = tests.iter().find(|t| t.status == TestStatus::Passed);
+                    for test in passed.into_iter().chain(tests.first()) {
+                        restore_test_finished(test, false);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(job = %name, error = %e, "reading restore tests for metrics failed")
+                }
             }
         }
         match catalog.latest_backup(name) {
@@ -190,5 +240,38 @@ pub fn reload(ok: bool) {
     gauge!("bk_config_last_reload_successful").set(if ok { 1.0 } else { 0.0 });
     if ok {
         gauge!("bk_config_last_reload_success_timestamp_seconds").set(unix(Utc::now()));
+    }
+}
+
+/// A restore test has finished (`count`: also count it; false when seeding at start).
+pub fn restore_test_finished(test: &RestoreTestRecord, count: bool) {
+    let job = test.job.clone();
+    for status in [
+        TestStatus::Passed,
+        TestStatus::Failed,
+        TestStatus::Interrupted,
+    ] {
+        let on = if status == test.status { 1.0 } else { 0.0 };
+        gauge!("bk_restore_test_last_status", "job" => job.clone(), "status" => status.as_str())
+            .set(on);
+    }
+    gauge!("bk_restore_test_last_timestamp_seconds", "job" => job.clone()).set(unix(test.started));
+    if let Some(finished) = test.finished {
+        let secs = (finished - test.started).num_milliseconds().max(0) as f64 / 1000.0;
+        gauge!("bk_restore_test_last_duration_seconds", "job" => job.clone()).set(secs);
+        if test.status == TestStatus::Passed {
+            gauge!("bk_restore_test_last_success_timestamp_seconds", "job" => job.clone())
+                .set(unix(finished));
+        }
+    }
+    if count {
+        counter!("bk_restore_tests_total", "job" => job, "status" => test.status.as_str())
+            .increment(1);
+    }
+}
+
+pub fn next_restore_test(job: &str, at: Option<DateTime<Utc>>) {
+    if let Some(at) = at {
+        gauge!("bk_restore_test_next_timestamp_seconds", "job" => job.to_string()).set(unix(at));
     }
 }

@@ -102,6 +102,7 @@ fn check(shared: &Shared, now: DateTime<Utc>) -> Duration {
                 server: bk_core::catalog::hostname(),
                 time: now,
                 last_good_backup: last_good,
+                backup: None,
             },
         );
     }

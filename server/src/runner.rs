@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bk_core::catalog::RunStatus;
 use bk_core::commands::backup::{self, error_chain, BackupError};
 use bk_core::commands::prune;
+use bk_core::commands::restore_test::{self, RestoreTestError};
 use chrono::Utc;
 use tracing::Instrument;
 
@@ -122,6 +123,7 @@ async fn run(shared: &Shared, job: &str, trigger: &'static str) {
                     server: bk_core::catalog::hostname(),
                     time: Utc::now(),
                     last_good_backup: None,
+                    backup: None,
                 },
             );
         }
@@ -174,5 +176,73 @@ async fn prune(loaded: &Loaded, job: &str) {
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "pruning by retention failed; the new backup is committed")
         }
+    }
+}
+
+/// Starts a restore test of `job` on its own task (scheduled by `restore_test.schedule`).
+pub fn spawn_restore_test(shared: &Arc<Shared>, job: String) {
+    let span = tracing::info_span!("restore_test", job = %job);
+    let task_shared = shared.clone();
+    shared.runs.spawn(
+        async move {
+            restore_test(&task_shared, &job).await;
+            let next = {
+                let mut planner = task_shared.test_planner();
+                planner.finished(&job);
+                planner.next_run(&job)
+            };
+            crate::metrics::next_restore_test(&job, next);
+        }
+        .instrument(span),
+    );
+}
+
+async fn restore_test(shared: &Shared, job: &str) {
+    let loaded = shared.current();
+    let Some(job_config) = loaded.config.job(job) else {
+        tracing::warn!("the job is no longer configured; no restore test");
+        return;
+    };
+    let slots = tokio::select! {
+        slots = loaded.limits.acquire_global() => slots,
+        () = shared.stopping.cancelled() => return,
+    };
+    let outcome = restore_test::run(
+        &loaded.config,
+        &loaded.repo,
+        Some(&loaded.catalog),
+        job,
+        "schedule",
+        &shared.interrupt,
+    )
+    .await;
+    drop(slots);
+    if let Err(RestoreTestError::AlreadyRunning { .. }) = &outcome.result {
+        return;
+    }
+    match loaded.catalog.last_restore_test(job) {
+        Ok(Some(test)) if Some(test.id) == outcome.test_id => {
+            crate::metrics::restore_test_finished(&test, true)
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "reading the restore test back for metrics failed"),
+    }
+    match &outcome.result {
+        Ok(_) | Err(RestoreTestError::Interrupted { .. }) => {}
+        Err(e) => shared.alerts.webhook(
+            &Targets::for_job(&loaded.config, job),
+            Alert {
+                event: "restore_test_failed",
+                job: job.to_string(),
+                run: outcome.test_id,
+                status: e.status().as_str().to_string(),
+                error: Some(error_chain(e)),
+                host: job_config.host.clone(),
+                server: bk_core::catalog::hostname(),
+                time: Utc::now(),
+                last_good_backup: None,
+                backup: e.backup().map(str::to_string),
+            },
+        ),
     }
 }

@@ -54,6 +54,39 @@ pub fn plan(shared: &Shared, loaded: &Loaded) {
         })
         .collect();
     shared.prune_planner().update(prunes, |_| None, now);
+    // Restore tests catch up like their job does: a weekly test missed while the
+    // server was down runs once at start.
+    let tests: Vec<(String, JobSchedule)> = loaded
+        .config
+        .jobs
+        .iter()
+        .filter_map(|(name, job)| {
+            let test = job.restore_test.as_ref()?;
+            let expr = test.schedule.as_deref()?;
+            let tz = test.timezone.as_deref().unwrap_or(&job.timezone);
+            match JobSchedule::new(expr, tz, job.catch_up) {
+                Ok(s) => Some((name.clone(), s)),
+                Err(e) => {
+                    tracing::error!(job = %name, error = %e, "bad restore_test.schedule; no scheduled restore tests");
+                    None
+                }
+            }
+        })
+        .collect();
+    let last_test = |job: &str| match loaded.catalog.last_restore_test(job) {
+        Ok(test) => test.map(|t| t.started),
+        Err(e) => {
+            tracing::warn!(job, error = %e, "reading the last restore test failed; no catch-up for it");
+            None
+        }
+    };
+    {
+        let mut planner = shared.test_planner();
+        planner.update(tests, last_test, now);
+        for job in loaded.config.jobs.keys() {
+            crate::metrics::next_restore_test(job, planner.next_run(job));
+        }
+    }
     let mut planner = shared.planner();
     planner.update(schedules, last_run, now);
     for job in loaded.config.jobs.keys() {
@@ -86,10 +119,18 @@ pub async fn run(shared: Arc<Shared>) {
         for job in prunes.start {
             crate::runner::spawn_prune(&shared, job);
         }
-        let wake = match (wake, prune_wake) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let (tests, test_wake) = {
+            let mut planner = shared.test_planner();
+            let due = planner.due(now);
+            (due, planner.next_wake())
         };
+        for job in tests.skipped {
+            tracing::warn!(job = %job, "its previous restore test is still going; skipping this one");
+        }
+        for job in tests.start {
+            crate::runner::spawn_restore_test(&shared, job);
+        }
+        let wake = [wake, prune_wake, test_wake].into_iter().flatten().min();
         for job in due.skipped {
             tracing::warn!(job = %job, "its previous run is still going; skipping this scheduled run");
         }

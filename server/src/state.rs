@@ -32,6 +32,8 @@ pub struct Shared {
     pub planner: Mutex<Planner>,
     /// The same for `retention.schedule`: when each job is pruned on its own.
     pub prune_planner: Mutex<Planner>,
+    /// The same for `restore_test.schedule`: when each job's backups are restore-tested.
+    pub test_planner: Mutex<Planner>,
     /// Jobs with a run in progress. The planner forgets a job removed by a reload;
     /// this set does not, so a job re-added while its old run goes on cannot start twice.
     pub active: Mutex<BTreeSet<String>>,
@@ -54,6 +56,7 @@ impl Shared {
             loaded: RwLock::new(Arc::new(loaded)),
             planner: Mutex::new(Planner::new()),
             prune_planner: Mutex::new(Planner::new()),
+            test_planner: Mutex::new(Planner::new()),
             active: Mutex::new(BTreeSet::new()),
             watches: Mutex::new(BTreeMap::new()),
             alerts,
@@ -82,6 +85,10 @@ impl Shared {
 
     pub fn prune_planner(&self) -> std::sync::MutexGuard<'_, Planner> {
         self.prune_planner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn test_planner(&self) -> std::sync::MutexGuard<'_, Planner> {
+        self.test_planner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn active(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {

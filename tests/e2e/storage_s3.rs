@@ -214,7 +214,9 @@ fn memory_stays_bounded_while_the_store_stalls() {
     let server = S3Server::start();
     server.create_bucket("slow");
     let mut ws = Workspace::new();
-    s3::use_s3(&mut ws, &server, "slow", "");
+    // A request timeout well above the stalls: what is tested is memory while the
+    // store does not answer, not a timeout (the outage test covers that).
+    s3::use_s3_with_timeout(&mut ws, &server, "slow", "", "120s");
     command_job(&mut ws, "big", 1 << 30);
     let stalls = std::thread::spawn({
         let pid = server.pid();

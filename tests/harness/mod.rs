@@ -13,6 +13,7 @@ pub mod mariadb;
 pub mod postgres;
 pub mod s3;
 pub mod sshd;
+pub mod tamper;
 pub mod tree;
 
 use std::io::Write;

@@ -105,6 +105,18 @@ impl Drop for S3Server {
 /// Points a workspace at `s3://bucket/prefix` on `server`, credentials in a 0600 file,
 /// with short timeouts and few retries so failure tests finish quickly.
 pub fn use_s3(ws: &mut super::Workspace, server: &S3Server, bucket: &str, prefix: &str) {
+    use_s3_with_timeout(ws, server, bucket, prefix, "10s")
+}
+
+/// `use_s3` with another per-request timeout (moto assembles a completed multipart
+/// upload in memory: for a large object on a busy machine that can take seconds).
+pub fn use_s3_with_timeout(
+    ws: &mut super::Workspace,
+    server: &S3Server,
+    bucket: &str,
+    prefix: &str,
+    timeout: &str,
+) {
     use std::os::unix::fs::PermissionsExt;
     let creds = ws.path().join("s3.credentials");
     std::fs::write(
@@ -116,7 +128,7 @@ pub fn use_s3(ws: &mut super::Workspace, server: &S3Server, bucket: &str, prefix
     ws.set_repository(
         &format!("s3://{bucket}/{prefix}"),
         &format!(
-            "credentials_file = \"{}\"\nmax_retries = 2\nretry_timeout = \"15s\"\n[repository.options]\nendpoint = \"{}\"\nallow_http = \"true\"\nregion = \"us-east-1\"\ntimeout = \"10s\"\n",
+            "credentials_file = \"{}\"\nmax_retries = 2\nretry_timeout = \"15s\"\n[repository.options]\nendpoint = \"{}\"\nallow_http = \"true\"\nregion = \"us-east-1\"\ntimeout = \"{timeout}\"\n",
             creds.display(),
             server.endpoint()
         ),

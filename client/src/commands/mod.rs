@@ -10,6 +10,7 @@ mod keygen;
 mod list;
 mod prune;
 mod restore;
+mod restore_test;
 mod run;
 mod status;
 mod verify;
@@ -39,6 +40,9 @@ pub async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Run { job, json } => run::run(&load(config_path)?, &job, json).await,
         Command::List { job, json } => list::run(&load(config_path)?, job.as_deref(), json).await,
         Command::Restore(args) => restore::run(&load(config_path)?, args).await,
+        Command::RestoreTest { job, json } => {
+            restore_test::run(&load(config_path)?, &job, json).await
+        }
         Command::Prune { job, dry_run, json } => {
             prune::run(&load(config_path)?, job.as_deref(), dry_run, json).await
         }

@@ -1,4 +1,4 @@
-//! `bk restore JOB [BACKUP_ID|latest] --identity FILE (--to DIR | --stdout) [--verify]`
+//! `bk restore JOB [BACKUP_ID|latest] --identity FILE (--to DIR | --stdout | --pg-target URL) [--verify]`
 
 use std::path::Path;
 
@@ -12,6 +12,9 @@ use crate::output;
 use crate::Failure;
 
 pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
+    if let Some(url) = &args.pg_target {
+        return to_postgres(config, &args, url).await;
+    }
     let sink = match (&args.to, args.stdout, args.verify) {
         (Some(dir), _, _) => Sink::Directory {
             path: dir.clone(),
@@ -21,8 +24,8 @@ pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
         (None, false, true) => Sink::Verify,
         (None, false, false) => {
             return Err(Failure::Usage(anyhow!(
-                "say where to restore: --to DIR, --stdout, or --verify to only check"
-            )))
+            "say where to restore: --to DIR, --stdout, --pg-target URL, or --verify to only check"
+        )))
         }
     };
     let verify_only = matches!(sink, Sink::Verify);
@@ -54,5 +57,25 @@ pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
     } else {
         println!("{line}");
     }
+    Ok(())
+}
+
+async fn to_postgres(config: &Config, args: &RestoreArgs, url: &str) -> Result<(), Failure> {
+    let repo = super::open_repo(config)?;
+    let ids: Vec<&Path> = args.identity.iter().map(|p| p.as_path()).collect();
+    let report =
+        restore::to_postgres(&repo, &args.job, &args.backup, &ids, url, args.no_owner).await?;
+    if args.json {
+        output::json(&report)?;
+        return Ok(());
+    }
+    println!(
+        "backup {} of job {} restored into {}: {} dump, every hash matches, {:.1}s",
+        report.backup_id,
+        report.job,
+        bk_core::repo::redact_url(url),
+        output::size(report.source_size),
+        report.elapsed.as_secs_f64()
+    );
     Ok(())
 }

@@ -62,6 +62,32 @@ pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
         if let Some(err) = j.last_run.as_ref().and_then(|r| r.error.as_deref()) {
             println!("  last error: {}", err.lines().next().unwrap_or(err));
         }
+        if let Some(t) = &j.last_restore_test {
+            let mut line = format!(
+                "  restore test: {} {} (backup {})",
+                t.status.as_str(),
+                output::age(t.started),
+                t.backup_id.as_deref().unwrap_or("-")
+            );
+            if let Some(passed) = j
+                .last_passed_restore_test
+                .filter(|_| t.status.as_str() != "passed")
+            {
+                line.push_str(&format!(", last passed {}", output::age(passed)));
+            }
+            if let Some(next) = j.next_restore_test {
+                line.push_str(&format!(", next {}", next.format("%Y-%m-%d %H:%M UTC")));
+            }
+            println!("{line}");
+            if let Some(reason) = &t.reason {
+                println!("    reason: {}", reason.lines().next().unwrap_or(reason));
+            }
+        } else if let Some(next) = j.next_restore_test {
+            println!(
+                "  restore test: never ran, next {}",
+                next.format("%Y-%m-%d %H:%M UTC")
+            );
+        }
     }
     Ok(())
 }

@@ -3,7 +3,10 @@
 //! source of truth for what exists: the repository is, and `rebuild` restores the
 //! cache from it. Losing the catalog loses run history, never a backup.
 
+mod restore_tests;
 mod schema;
+
+pub use restore_tests::{RestoreTestRecord, TestStatus};
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

@@ -4,8 +4,9 @@
 use rusqlite_migration::{Migrations, M};
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "
+    Migrations::new(vec![
+        M::up(
+            "
     CREATE TABLE jobs (
         name       TEXT PRIMARY KEY,
         kind       TEXT NOT NULL,
@@ -43,7 +44,30 @@ pub fn migrations() -> Migrations<'static> {
     );
     CREATE INDEX backups_by_job ON backups (job, backup_id DESC);
     ",
-    )])
+        ),
+        // Restore tests: status running | passed | failed | interrupted. `scratch` names
+        // the scratch database or directory while the test holds one (JSON, no
+        // secrets), so a test cut short by kill -9 is cleaned up at the next start.
+        M::up(
+            "
+    CREATE TABLE restore_tests (
+        id         INTEGER PRIMARY KEY,
+        job        TEXT NOT NULL,
+        backup_id  TEXT,
+        started    TEXT NOT NULL,
+        finished   TEXT,
+        status     TEXT NOT NULL,
+        reason     TEXT,
+        trigger    TEXT NOT NULL,
+        writer     TEXT NOT NULL,
+        pid        INTEGER NOT NULL,
+        scratch    TEXT,
+        report     TEXT
+    );
+    CREATE INDEX restore_tests_by_job ON restore_tests (job, id DESC);
+    ",
+        ),
+    ])
 }
 
 #[cfg(test)]

@@ -9,5 +9,6 @@ pub mod gc;
 pub mod list;
 pub mod prune;
 pub mod restore;
+pub mod restore_test;
 pub mod status;
 pub mod verify;

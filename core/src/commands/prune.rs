@@ -81,7 +81,21 @@ pub async fn prune(
             time: r.started,
         })
         .collect();
-    let decisions = retention::apply(&candidates, policy, tz, protected);
+    // The newest backup that passed a restore test is proof that restores work: keep it.
+    let mut protected = protected.to_vec();
+    if let Some(c) = catalog {
+        match c.last_passed_backup(job_name) {
+            Ok(Some(id)) => protected.push(id),
+            Ok(None) => {}
+            Err(source) => {
+                return Err(PruneError::Catalog {
+                    job: job_name.to_string(),
+                    source: Box::new(source),
+                })
+            }
+        }
+    }
+    let decisions = retention::apply(&candidates, policy, tz, &protected);
     let mut removed = Vec::new();
     if !dry_run {
         for decision in decisions.iter().filter(|d| !d.keep) {

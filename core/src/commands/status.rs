@@ -1,12 +1,13 @@
 //! `bk status`: every configured job's last run, last good backup, next scheduled
-//! run and whether it is overdue, from the catalog (the daemon need not be running).
+//! run, last restore test and whether it is overdue, from the catalog (the daemon
+//! need not be running).
 
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::catalog::{Catalog, CatalogError, RunRecord};
+use crate::catalog::{Catalog, CatalogError, RestoreTestRecord, RunRecord, TestStatus};
 use crate::commands::list::Listed;
 use crate::config::Config;
 use crate::schedule;
@@ -26,6 +27,12 @@ pub struct JobStatus {
     /// No good backup within that window. A job with no good backup at all is
     /// measured from its first run in the catalog.
     pub overdue: bool,
+    /// The job's last restore test (passed, failed or interrupted), if any.
+    pub last_restore_test: Option<RestoreTestRecord>,
+    /// When the newest passed restore test finished.
+    pub last_passed_restore_test: Option<DateTime<Utc>>,
+    /// When the next scheduled restore test is due.
+    pub next_restore_test: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -58,6 +65,16 @@ pub fn status(
             ),
             _ => false,
         };
+        let tests = match job.restore_test {
+            Some(_) => catalog.restore_tests(Some(name), 50)?,
+            None => Vec::new(),
+        };
+        let next_restore_test = job.restore_test.as_ref().and_then(|t| {
+            let cron = crate::schedule::parse(t.schedule.as_deref()?).ok()?;
+            let tz =
+                chrono_tz::Tz::from_str(t.timezone.as_deref().unwrap_or(&job.timezone)).ok()?;
+            crate::schedule::next_after(&cron, tz, now)
+        });
         jobs.push(JobStatus {
             job: name.clone(),
             kind: job.kind.as_str().into(),
@@ -68,6 +85,12 @@ pub fn status(
             last_good_backup: last_good_backup.as_ref().map(Listed::from),
             expect_within_seconds: window.map(|w| w.as_secs()),
             overdue,
+            last_passed_restore_test: tests
+                .iter()
+                .find(|t| t.status == TestStatus::Passed)
+                .and_then(|t| t.finished),
+            last_restore_test: tests.into_iter().next(),
+            next_restore_test,
         });
     }
     Ok(Status {

@@ -303,7 +303,11 @@ pub struct RestoreTestConfig {
     pub timezone: Option<String>,
     /// The restore-test identity file (its recipient must be among the repository's recipients).
     pub identity: PathBuf,
-    /// Database server URL where scratch databases are created, or a scratch directory.
+    /// Where the backup is restored for real. `postgres` jobs: a PostgreSQL server URL
+    /// (`postgresql://user@host:port/postgres`) on which scratch databases may be
+    /// created and dropped. `directory` jobs: the directory under which a scratch
+    /// directory is made (default: `restore-tests` next to the catalog). `command` jobs
+    /// have no target: their test downloads, decrypts and checks every hash.
     #[serde(default)]
     pub target: Option<String>,
     /// SQL queries that must each return true on the restored database.
@@ -314,6 +318,31 @@ pub struct RestoreTestConfig {
 fn default_part_size() -> ByteSize {
     ByteSize::mib(16)
 }
+    /// Which backup to test: `latest` (the newest) or `random` (any retained one).
+    #[serde(default)]
+    pub pick: PickBackup,
+    /// Refuse to restore a backup whose dump is larger than this (scratch space).
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
+    /// `postgres`: fail when a role of the dump's globals does not exist on the target.
+    /// By default such a dump is restored without owners and privileges, and the
+    /// missing roles are named in the test's notes.
+    #[serde(default)]
+    pub require_roles: bool,
+    /// Stop a restore test that takes longer (it then fails; its scratch is removed).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+/// Which backup a restore test restores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PickBackup {
+    /// The newest committed backup.
+    #[default]
+    Latest,
+    /// A random one among those retention keeps (all of them without `retention`).
+    Random,
 fn default_upload_concurrency() -> usize {
     2
 }

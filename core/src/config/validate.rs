@@ -248,6 +248,10 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
                 ));
             }
         }
+        restore_test_target(job.kind, t, &at, out);
+        if t.timeout.is_some_and(|d| d.is_zero()) {
+            out.push(format!("{at}.restore_test.timeout must be longer than 0s"));
+        }
     }
     if job.timeout.is_some_and(|t| t.is_zero()) {
         out.push(format!("{at}.timeout must be longer than 0s"));
@@ -270,6 +274,41 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+/// The restore-test target must fit the job's kind.
+fn restore_test_target(
+    kind: JobKind,
+    t: &crate::config::RestoreTestConfig,
+    at: &str,
+    out: &mut Vec<String>,
+) {
+    let key = format!("{at}.restore_test.target");
+    match (kind, t.target.as_deref()) {
+        (JobKind::Postgres, None) => out.push(format!(
+            "{key} is missing: a PostgreSQL server URL where scratch databases may be created \
+             (e.g. \"postgresql://bk@127.0.0.1/postgres\")"
+        )),
+        (JobKind::Postgres, Some(url))
+            if !url.starts_with("postgresql://") && !url.starts_with("postgres://") =>
+        {
+            out.push(format!(
+                "{key} must be a postgresql:// URL (e.g. \"postgresql://bk@127.0.0.1/postgres\")"
+            ))
+        }
+        (JobKind::Directory, Some(dir)) if !dir.starts_with('/') => {
+            out.push(format!("{key} must be an absolute directory path"))
+        }
+        (JobKind::Command, Some(_)) => out.push(format!(
+            "{key}: a `command` job's restore test has no target (it checks every hash); remove it"
+        )),
+        _ => {}
+    }
+    if !t.checks.is_empty() && !matches!(kind, JobKind::Postgres | JobKind::Mysql) {
+        out.push(format!(
+            "{at}.restore_test.checks are SQL queries: only database jobs can run them"
+        ));
+    }
+}
+
 
     use crate::config::{Config, ConfigError};
 

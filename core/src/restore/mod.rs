@@ -10,6 +10,7 @@
 pub mod compare;
 pub mod download;
 pub mod extract;
+pub mod postgres;
 pub mod unseal;
 
 use std::fs::File;
@@ -19,6 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::keys::{Identity, KeyError};
+use tokio_util::sync::CancellationToken;
+
 use crate::pipeline::hash::{copy_large, Digest, HashingReader};
 use crate::repo::commit::{CommitRecord, StoredObject};
 use crate::repo::manifest::{EntryType, ManifestHeader, ManifestReader};
@@ -49,8 +52,14 @@ pub enum RestoreError {
 
 /// Where restored bytes go.
 pub enum Sink {
+    #[error("backup {backup} is a `{kind}` backup; --pg-target restores only `postgres` backups")]
+    NotADatabase { backup: String, kind: String },
     /// Check everything, write nothing.
     Verify,
+    #[error("the restore was stopped before it finished")]
+    Stopped,
+    #[error(transparent)]
+    Postgres(#[from] postgres::PgTargetError),
     /// The payload's plaintext (a tar, a pg_dump archive…) to a writer.
     Stream(Box<dyn Write + Send>),
     /// A directory backup's files under a new or empty directory.
@@ -81,13 +90,28 @@ pub async fn restore(
 ) -> Result<RestoreReport, RestoreError> {
     let clock = Instant::now();
     let manifest_raw = download::open(repo, &record.manifest.key, record.manifest.size).await?;
-    let payload_raw = download::open(repo, &record.payload.key, record.payload.size).await?;
+    let payload_raw: Box<dyn Read + Send> = Box::new(Stoppable {
+        inner: download::open(repo, &record.payload.key, record.payload.size).await?,
+        stop: stop.clone(),
+    });
     let stored_size = record.payload.size + record.manifest.size;
     let record = record.clone();
     let ids = identities.clone();
     let checked =
         tokio::task::spawn_blocking(move || -> Result<(u64, ManifestHeader), RestoreError> {
             let manifest = read_manifest(manifest_raw, &record, &ids)?;
+) -> Result<RestoreReport, RestoreError> {
+    restore_until(repo, record, identities, sink, &CancellationToken::new()).await
+}
+
+/// `restore`, stoppable: once `stop` fires, reading the payload fails with
+/// `RestoreError::Stopped` and the sink gets no further byte.
+pub async fn restore_until(
+    repo: &Repository,
+    record: &CommitRecord,
+    identities: Arc<Vec<Identity>>,
+    sink: Sink,
+    stop: &CancellationToken,
             let header = manifest.header.clone();
             let checked = restore_payload(payload_raw, &record, &ids, manifest, sink)?;
             Ok((checked, header))
@@ -116,6 +140,46 @@ fn read_manifest(
     let mut spool = tempfile::tempfile().map_err(|source| RestoreError::Io {
         what: "creating a temporary file".into(),
         source,
+/// Downloads, checks and decrypts a backup's manifest; the reader is positioned at
+/// its first entry (restore tests walk the entries again to check restored files).
+pub async fn fetch_manifest(
+    repo: &Repository,
+    record: &CommitRecord,
+    identities: Arc<Vec<Identity>>,
+) -> Result<ManifestReader<BufReader<File>>, RestoreError> {
+    let raw = download::open(repo, &record.manifest.key, record.manifest.size).await?;
+    let record = record.clone();
+    tokio::task::spawn_blocking(move || read_manifest(raw, &record, &identities))
+        .await
+        .map_err(|e| RestoreError::Thread(e.to_string()))?
+}
+
+/// A payload reader that fails once its token fires.
+struct Stoppable {
+    inner: Box<dyn Read + Send>,
+    stop: CancellationToken,
+}
+
+#[derive(Debug)]
+struct StoppedMarker;
+
+impl std::fmt::Display for StoppedMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the restore was stopped")
+    }
+}
+
+impl std::error::Error for StoppedMarker {}
+
+impl Read for Stoppable {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.stop.is_cancelled() {
+            return Err(io::Error::other(StoppedMarker));
+        }
+        self.inner.read(buf)
+    }
+}
+
     })?;
     copy_large(&mut unsealed.reader, &mut spool).map_err(|e| read_error(key, e))?;
     check_stored(&record.manifest, &unsealed.cipher.get())?;
@@ -275,4 +339,25 @@ fn read_error(key: &str, e: io::Error) -> RestoreError {
             source: e,
         },
     }
+}
+    if is_stopped(&e) {
+        return RestoreError::Stopped;
+    }
+
+/// True if `e` (or an error it wraps) is the stop of a `Stoppable` reader.
+pub(crate) fn is_stopped(e: &io::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
+    while let Some(c) = cause {
+        if c.is::<StoppedMarker>() {
+            return true;
+        }
+        if let Some(inner) = c.downcast_ref::<io::Error>() {
+            if let Some(r) = inner.get_ref() {
+                cause = Some(r as _);
+                continue;
+            }
+        }
+        cause = c.source();
+    }
+    false
 }

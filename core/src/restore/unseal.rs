@@ -45,7 +45,7 @@ struct Labeled<R> {
 impl<R: Read> Read for Labeled<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read(buf).map_err(|e| {
-            if damage_of(&e).is_some() {
+            if damage_of(&e).is_some() || super::is_stopped(&e) {
                 e
             } else {
                 io::Error::new(e.kind(), Damage(format!("{}: {e}", self.stage)))

@@ -119,13 +119,9 @@ fn watchdog_script(job: &JobConfig) -> String {
 }
 
 fn count_rows_command(job: &JobConfig) -> String {
-    let generate = "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-         AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
     format!(
         "echo {} | psql -X -q -At -F '|' -v ON_ERROR_STOP=1 --no-password --dbname={}",
-        quote(generate),
+        quote(COUNT_ROWS_SQL),
         quote(&connstr(job))
     )
 }
@@ -150,6 +146,24 @@ pub struct PgSession {
     host: SourceHost,
     job_name: String,
     watchdog: Option<Watchdog>,
+/// psql input that prints `schema.table|rows` for every user table (`\gexec` runs the
+/// generated counts). Restore tests count the restored database with the same text.
+pub const COUNT_ROWS_SQL: &str =
+    "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
+
+/// Parses the `schema.table|rows` lines printed for `COUNT_ROWS_SQL`.
+pub fn parse_row_counts(out: &str) -> BTreeMap<String, u64> {
+    out.lines()
+        .filter_map(|l| {
+            let (table, n) = l.rsplit_once('|')?;
+            Some((table.to_string(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
     monitor: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<LagWatch>>)>,
     /// Facts for the manifest's `details`.
     pub details: BTreeMap<String, serde_json::Value>,
@@ -304,13 +318,7 @@ impl PgSession {
                 stderr: format!("counting rows: {}", stderr.trim()),
             });
         }
-        let counts: BTreeMap<String, u64> = stdout
-            .lines()
-            .filter_map(|l| {
-                let (table, n) = l.rsplit_once('|')?;
-                Some((table.to_string(), n.trim().parse().ok()?))
-            })
-            .collect();
+        let counts = parse_row_counts(&stdout);
         self.details.insert("row_counts".into(), json!(counts));
         self.details
             .insert("row_counts_exact".into(), serde_json::Value::Bool(exact));

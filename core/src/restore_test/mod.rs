@@ -1,0 +1,212 @@
+//! Restore tests: proof that a backup restores, made by restoring it for real.
+//!
+//! A test takes one committed backup and runs the same restore code as `bk restore`
+//! (download, check the ciphertext hash, decrypt, decompress, check the plaintext
+//! hash), into a scratch target that fits the job's kind:
+//!
+//! - `postgres`: a fresh scratch database on the test's target server, filled by
+//!   `pg_restore`; then per-table row counts are compared with the manifest's and the
+//!   job's SQL checks run; the database is dropped.
+//! - `directory`: a fresh scratch directory; the extraction is compared with the
+//!   manifest on the stream and then again on disk; the directory is removed.
+//! - `command`: nothing to restore into: every hash is checked.
+//!
+//! The scratch resource is removed whatever happens (passed, failed, stopped); a test
+//! that never gets the chance (bk killed) leaves a catalog note that `scratch`
+//! uses to clean up at the next start. Never touches anything it did not create.
+
+pub mod on_disk;
+mod postgres;
+pub mod scratch;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{JobKind, RestoreTestConfig};
+use crate::keys::Identity;
+use crate::repo::commit::CommitRecord;
+use crate::repo::Repository;
+use crate::restore::{self, RestoreError, Sink};
+use scratch::Scratch;
+
+/// What a restore test checked. Stored in the catalog as JSON, printed by
+/// `bk restore-test`, served by the daemon.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TestReport {
+    pub job: String,
+    pub backup_id: String,
+    pub kind: String,
+    /// The scratch database or directory it restored into.
+    pub restored_into: Option<String>,
+    pub source_size: u64,
+    pub stored_size: u64,
+    /// Directory entries compared with the manifest (stream and disk).
+    pub entries_checked: u64,
+    /// Tables whose row counts were compared.
+    pub tables_checked: u64,
+    pub rows_restored: u64,
+    pub checks: Vec<CheckOutcome>,
+    /// Facts worth knowing that did not fail the test (e.g. roles missing on the target).
+    pub notes: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckOutcome {
+    pub sql: String,
+    pub passed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Why a restore test failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TestFailure {
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error("the backup's dump is {size} bytes, above restore_test.max_size ({limit} bytes)")]
+    TooLarge { size: u64, limit: u64 },
+    #[error(transparent)]
+    Target(#[from] crate::restore::postgres::PgTargetError),
+    #[error("roles of the dump do not exist on the target ({roles}) and restore_test.require_roles is set: create them there first")]
+    MissingRoles { roles: String },
+    #[error("row counts differ from the manifest: {0}")]
+    RowCounts(String),
+    #[error("check `{sql}` failed: {reason}")]
+    Check { sql: String, reason: String },
+    #[error("the restored files differ from the manifest: {0}")]
+    OnDisk(String),
+    #[error("cannot prepare {what}: {source}")]
+    Scratch {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("removing the {what} failed ({reason}): remove it by hand")]
+    Cleanup { what: String, reason: String },
+    #[error("restore tests of `{0}` jobs are not supported")]
+    Unsupported(String),
+}
+
+impl TestFailure {
+    /// The test was stopped from outside (shutdown, timeout), not failed by the backup.
+    pub fn is_stop(&self) -> bool {
+        matches!(self, TestFailure::Restore(RestoreError::Stopped))
+    }
+}
+
+/// Restores `record` into `scratch` and checks it; removes the scratch in every case.
+/// The caller records `scratch` in the catalog before calling this.
+pub async fn run(
+    repo: &Repository,
+    record: &CommitRecord,
+    identities: Arc<Vec<Identity>>,
+    test: &RestoreTestConfig,
+    scratch: Option<Scratch>,
+    stop: &CancellationToken,
+) -> Result<TestReport, TestFailure> {
+    let clock = Instant::now();
+    let mut report = TestReport {
+        job: record.job.clone(),
+        backup_id: record.backup_id.to_string(),
+        kind: record.kind.clone(),
+        restored_into: scratch.as_ref().map(Scratch::describe),
+        source_size: record.source_size,
+        stored_size: record.payload.size + record.manifest.size,
+        ..TestReport::default()
+    };
+    if let Some(limit) = test.max_size.map(|s| s.bytes()) {
+        if record.source_size > limit {
+            return Err(TestFailure::TooLarge {
+                size: record.source_size,
+                limit,
+            });
+        }
+    }
+    let outcome = match (&scratch, record.kind.as_str()) {
+        (Some(Scratch::Postgres { database }), "postgres") => {
+            postgres::test(repo, record, identities, test, database, stop, &mut report).await
+        }
+        (Some(Scratch::Directory { path }), "directory") => {
+            directory(repo, record, identities, path, stop, &mut report).await
+        }
+        (None, "command") => restore::restore_until(repo, record, identities, Sink::Verify, stop)
+            .await
+            .map(|_| ())
+            .map_err(TestFailure::from),
+        (_, kind) => Err(TestFailure::Unsupported(kind.to_string())),
+    };
+    let cleanup = match &scratch {
+        Some(s) => s
+            .remove(test.target.as_deref())
+            .await
+            .map_err(|reason| TestFailure::Cleanup {
+                what: s.describe(),
+                reason,
+            }),
+        None => Ok(()),
+    };
+    outcome?;
+    cleanup?;
+    report.elapsed = clock.elapsed();
+    Ok(report)
+}
+
+/// The scratch a test of `kind` needs (`None` for `command` jobs).
+pub fn scratch_for(
+    kind: JobKind,
+    job: &str,
+    test_id: i64,
+    test: &RestoreTestConfig,
+    default_parent: &std::path::Path,
+) -> Option<Scratch> {
+    match kind {
+        JobKind::Postgres => Some(Scratch::database(job, test_id)),
+        JobKind::Directory => {
+            let parent = test
+                .target
+                .as_deref()
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| default_parent.to_path_buf());
+            Some(Scratch::directory(&parent, job, test_id))
+        }
+        JobKind::Command | JobKind::Mysql => None,
+    }
+}
+
+async fn directory(
+    repo: &Repository,
+    record: &CommitRecord,
+    identities: Arc<Vec<Identity>>,
+    path: &std::path::Path,
+    stop: &CancellationToken,
+    report: &mut TestReport,
+) -> Result<(), TestFailure> {
+    if let Some(parent) = path.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|source| TestFailure::Scratch {
+                what: format!("the scratch directory's parent {}", parent.display()),
+                source,
+            })?;
+    }
+    let sink = Sink::Directory {
+        path: path.to_path_buf(),
+        keep_special_bits: false,
+    };
+    let restored = restore::restore_until(repo, record, identities.clone(), sink, stop).await?;
+    let mut manifest = restore::fetch_manifest(repo, record, identities).await?;
+    let root = path.to_path_buf();
+    let on_disk = tokio::task::spawn_blocking(move || on_disk::compare(&root, &mut manifest))
+        .await
+        .map_err(|e| TestFailure::OnDisk(e.to_string()))?
+        .map_err(TestFailure::OnDisk)?;
+    report.entries_checked = restored.entries_checked.max(on_disk);
+    Ok(())
+}
