@@ -346,6 +346,31 @@ fn esc(s: &str) -> String {
 mod tests {
     use super::*;
 
+    /// docs/operations.md names only metrics this daemon exports.
+    #[test]
+    fn the_documented_alert_rules_use_real_metric_names() {
+        let doc = include_str!("../../docs/operations.md");
+        let exported = include_str!("metrics.rs");
+        let rules = doc
+            .split("```yaml\ngroups:")
+            .nth(1)
+            .and_then(|r| r.split("```").next())
+            .expect("the alert rules block");
+        let mut names: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("bk_"))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 8, "{names:?}");
+        for name in names {
+            assert!(
+                exported.contains(&format!("\"{name}\"")),
+                "docs/operations.md uses `{name}`, which server/src/metrics.rs does not export"
+            );
+        }
+    }
+
     #[test]
     fn escapes_and_formats() {
         assert_eq!(

@@ -237,6 +237,7 @@ fn every_documented_example_is_accepted_with_its_documented_type() {
             }
             Value::Integer(_) => kind == "integer" || kind == "size",
             Value::Boolean(_) => kind == "boolean",
+            Value::Float(_) => kind == "number",
             Value::Array(items) => kind == "list of strings" && items.iter().all(Value::is_str),
             Value::Table(items) => kind == "table of strings" && items.values().all(Value::is_str),
             _ => false,
