@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod keys;
 pub mod pipeline;
+pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod retention;

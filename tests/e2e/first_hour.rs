@@ -287,3 +287,55 @@ fn every_subcommand_has_examples_and_completions_are_generated() {
     assert!(out.stdout.lines().any(|l| l == "restore"), "{}", out.stdout);
     bk(&["completions", "tcsh"]).fails_with(2);
 }
+
+#[test]
+fn restore_and_verify_show_a_progress_bar_only_on_a_terminal() {
+    bk_e2e::require_tool("script");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("data");
+    tree::awkward(&src, 48 << 20);
+    let dir = tmp.path().join("cfg");
+    let identity = tmp.path().join("id.age");
+    bk(&[
+        "init",
+        dir.to_str().unwrap(),
+        "--source",
+        src.to_str().unwrap(),
+        "--identity",
+        identity.to_str().unwrap(),
+    ])
+    .ok();
+    let cfg = dir.join("bk.toml");
+    let cfg = cfg.to_str().unwrap();
+    bk(&["--config", cfg, "run", "example"]).ok();
+    let id = identity.to_str().unwrap();
+    for args in [
+        vec![
+            "--config",
+            cfg,
+            "restore",
+            "example",
+            "latest",
+            "--identity",
+            id,
+            "--verify",
+        ],
+        vec!["--config", cfg, "verify"],
+    ] {
+        // Not a terminal (a pipe, a log, a script): no bar, the output as before.
+        let plain = bk(&args).ok();
+        assert!(!plain.stderr.contains("verifying ["), "{}", plain.stderr);
+        // A terminal (script(1) gives the command a pty): a bar on stderr, then the result.
+        let line = std::iter::once(bk_path().display().to_string())
+            .chain(args.iter().map(|a| format!("'{a}'")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let tty = run(Command::new("script").args(["-q", "-e", "-c", &line, "/dev/null"])).ok();
+        assert!(
+            tty.stdout.contains("verifying [") && tty.stdout.contains("MiB/"),
+            "no progress bar on a terminal:\n{}",
+            tty.stdout
+        );
+        assert!(tty.stdout.contains("every hash matches") || tty.stdout.contains("0 damaged"));
+    }
+}

@@ -31,7 +31,15 @@ pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
     let verify_only = matches!(sink, Sink::Verify);
     let repo = super::open_repo(config)?;
     let ids: Vec<&Path> = args.identity.iter().map(|p| p.as_path()).collect();
-    let report = restore::run(&repo, &args.job, &args.backup, &ids, sink).await?;
+    let what = if verify_only {
+        "verifying"
+    } else {
+        "restoring"
+    };
+    let bar = crate::progress::start(what);
+    let report = restore::run(&repo, &args.job, &args.backup, &ids, sink).await;
+    drop(bar);
+    let report = report?;
     if args.json {
         output::json(&report)?;
         return Ok(());

@@ -9,7 +9,10 @@ use crate::Failure;
 
 pub async fn run(config: &Config, job: Option<&str>, json: bool) -> Result<(), Failure> {
     let repo = super::open_repo(config)?;
-    let results = verify::verify(&repo, job).await?;
+    let bar = crate::progress::start("verifying");
+    let results = verify::verify(&repo, job).await;
+    drop(bar);
+    let results = results?;
     let damaged: Vec<_> = results.iter().filter(|r| !r.ok).collect();
     if json {
         output::json(&serde_json::json!({

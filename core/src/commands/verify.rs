@@ -27,6 +27,10 @@ pub struct Verified {
 
 pub async fn verify(repo: &Repository, job: Option<&str>) -> Result<Vec<Verified>, RepoError> {
     let records = crate::commands::list::committed(repo, job).await?;
+    if let Some(p) = crate::progress::installed() {
+        let bytes = records.iter().flat_map(|r| r.objects()).map(|o| o.size);
+        p.add_total(bytes.sum());
+    }
     futures::stream::iter(records)
         .map(|record| async move { verify_backup(repo, &record).await })
         .buffered(2)
@@ -83,6 +87,9 @@ async fn check_object(
         let chunk = chunk.map_err(store_err)?;
         size += chunk.len() as u64;
         hasher.update(&chunk);
+        if let Some(p) = crate::progress::installed() {
+            p.advance(chunk.len() as u64);
+        }
     }
     let hash = hasher.finalize().to_hex().to_string();
     let problem = if size != object.size {

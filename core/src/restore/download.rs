@@ -44,10 +44,10 @@ pub async fn open(
         });
     }
     Ok(match result.payload {
-        GetResultPayload::File(file, _) => Box::new(file),
+        GetResultPayload::File(file, _) => crate::progress::counted(file, expected),
         GetResultPayload::Stream(stream) => {
             let reader = StreamReader::new(stream.map_err(std::io::Error::other));
-            Box::new(SyncIoBridge::new(reader))
+            crate::progress::counted(SyncIoBridge::new(reader), expected)
         }
     })
 }
