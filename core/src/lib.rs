@@ -7,6 +7,7 @@
 //! one module per operator-facing operation. Nothing in here knows
 //! about the daemon: `bk` must be able to restore without it.
 
+pub mod anomaly;
 pub mod catalog;
 pub mod commands;
 pub mod config;
@@ -15,8 +16,8 @@ pub mod pipeline;
 pub mod progress;
 pub mod repo;
 pub mod restore;
-pub mod retention;
 pub mod restore_test;
+pub mod retention;
 pub mod schedule;
 pub mod source;
 

@@ -1,5 +1,5 @@
-//! Alerts: a JSON POST to a webhook on a failed run, a failed restore test or an
-//! overdue job, and healthchecks-style pings (`URL/start`, `URL`, `URL/fail`) around
+//! Alerts: a JSON POST to a webhook on a failed run, a failed restore test, an
+//! anomalous backup or an overdue job, and healthchecks-style pings (`URL/start`, `URL`, `URL/fail`) around
 //! every backup run.
 //! Each alert is sent on its own task with retries, so a slow or dead receiver never
 //! delays a backup; an alert that still fails is logged and counted, never fatal.
@@ -62,7 +62,7 @@ impl Targets {
 /// The webhook's JSON body.
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
-    /// `backup_failed`, `restore_test_failed` or `overdue`.
+    /// `backup_failed`, `restore_test_failed`, `anomaly` or `overdue`.
     pub event: &'static str,
     pub job: String,
     pub run: Option<i64>,
@@ -76,9 +76,12 @@ pub struct Alert {
     /// When the job's newest good backup finished (overdue alerts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_good_backup: Option<DateTime<Utc>>,
-    /// The backup a failed restore test restored.
+    /// The backup concerned (a failed restore test's, an anomalous one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,
+    /// For `anomaly`: each finding with its figures (`error` says them in words).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<bk_core::anomaly::Anomaly>,
 }
 
 /// Which healthchecks-style ping.

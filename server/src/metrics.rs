@@ -102,6 +102,14 @@ pub fn install() -> Result<PrometheusHandle, BuildError> {
         "bk_restore_tests_total",
         "Restore tests finished, by status"
     );
+    describe_gauge!(
+        "bk_job_last_backup_anomalous",
+        "1 if the job's newest good backup looked wrong next to its history (see bk status)"
+    );
+    describe_counter!(
+        "bk_job_anomalies_total",
+        "Anomalies found in good backups, by kind (size, files, compression)"
+    );
     describe_counter!("bk_job_runs_total", "Runs finished, by status");
     describe_counter!("bk_job_failures_total", "Runs that failed");
     describe_counter!(
@@ -165,6 +173,20 @@ pub fn seed(config: &Config, catalog: &Catalog) {
                 }
             }
         }
+        for kind in ["size", "files", "compression"] {
+            counter!("bk_job_anomalies_total", "job" => job.clone(), "kind" => kind).increment(0);
+        }
+        let last_good = catalog
+            .runs(Some(name), 20)
+            .ok()
+            .and_then(|runs| runs.into_iter().find(|r| r.status == RunStatus::Success));
+        gauge!("bk_job_last_backup_anomalous", "job" => job.clone()).set(
+            if last_good.is_some_and(|r| !r.anomalies.is_empty()) {
+                1.0
+            } else {
+                0.0
+            },
+        );
         match catalog.latest_backup(name) {
             Ok(Some(b)) => {
                 gauge!("bk_job_last_success_timestamp_seconds", "job" => job.clone())
@@ -273,5 +295,23 @@ pub fn restore_test_finished(test: &RestoreTestRecord, count: bool) {
 pub fn next_restore_test(job: &str, at: Option<DateTime<Utc>>) {
     if let Some(at) = at {
         gauge!("bk_restore_test_next_timestamp_seconds", "job" => job.to_string()).set(unix(at));
+    }
+}
+
+/// A good backup was checked against its job's history.
+pub fn anomalies(job: &str, found: &[bk_core::anomaly::Anomaly]) {
+    use bk_core::anomaly::Anomaly;
+    gauge!("bk_job_last_backup_anomalous", "job" => job.to_string()).set(if found.is_empty() {
+        0.0
+    } else {
+        1.0
+    });
+    for a in found {
+        let kind = match a {
+            Anomaly::Size { .. } => "size",
+            Anomaly::Files { .. } => "files",
+            Anomaly::Compression { .. } => "compression",
+        };
+        counter!("bk_job_anomalies_total", "job" => job.to_string(), "kind" => kind).increment(1);
     }
 }

@@ -103,6 +103,7 @@ fn check(shared: &Shared, now: DateTime<Utc>) -> Duration {
                 time: now,
                 last_good_backup: last_good,
                 backup: None,
+                anomalies: Vec::new(),
             },
         );
     }

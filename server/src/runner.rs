@@ -96,11 +96,31 @@ async fn run(shared: &Shared, job: &str, trigger: &'static str) {
     }
 
     match &outcome.result {
-        Ok(_) => {
+        Ok(report) => {
             shared
                 .alerts
                 .ping(&targets, job, Ping::Success, String::new());
             crate::overdue::good_backup(shared, job);
+            crate::metrics::anomalies(job, &report.anomalies);
+            if !report.anomalies.is_empty() {
+                let figures: Vec<String> = report.anomalies.iter().map(|a| a.to_string()).collect();
+                shared.alerts.webhook(
+                    &targets,
+                    Alert {
+                        event: "anomaly",
+                        job: job.to_string(),
+                        run: outcome.run_id,
+                        status: status.as_str().to_string(),
+                        error: Some(figures.join("; ")),
+                        host: job_config.host.clone(),
+                        server: bk_core::catalog::hostname(),
+                        time: Utc::now(),
+                        last_good_backup: None,
+                        backup: Some(report.record.backup_id.to_string()),
+                        anomalies: report.anomalies.clone(),
+                    },
+                );
+            }
             if job_config.retention.is_some() {
                 prune(&loaded, job).await;
             }
@@ -124,6 +144,7 @@ async fn run(shared: &Shared, job: &str, trigger: &'static str) {
                     time: Utc::now(),
                     last_good_backup: None,
                     backup: None,
+                    anomalies: Vec::new(),
                 },
             );
         }
@@ -242,6 +263,7 @@ async fn restore_test(shared: &Shared, job: &str) {
                 time: Utc::now(),
                 last_good_backup: None,
                 backup: e.backup().map(str::to_string),
+                anomalies: Vec::new(),
             },
         ),
     }

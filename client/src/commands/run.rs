@@ -37,6 +37,7 @@ pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> 
             "stored_size": r.payload.size + r.manifest.size,
             "entries": report.entries,
             "warnings": report.warnings,
+            "anomalies": report.anomalies,
             "seconds": report.elapsed.as_secs_f64(),
         }))?;
         return Ok(());
@@ -54,6 +55,9 @@ pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> 
     );
     for w in &report.warnings {
         println!("  warning: {w}");
+    }
+    for a in &report.anomalies {
+        println!("  ANOMALY: {a}");
     }
     Ok(())
 }

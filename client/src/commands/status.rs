@@ -59,6 +59,9 @@ pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
             };
             println!("  OVERDUE: no good backup within {window}");
         }
+        for a in j.last_run.iter().flat_map(|r| &r.anomalies) {
+            println!("  ANOMALY in the last backup: {a}");
+        }
         if let Some(err) = j.last_run.as_ref().and_then(|r| r.error.as_deref()) {
             println!("  last error: {}", err.lines().next().unwrap_or(err));
         }

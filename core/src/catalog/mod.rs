@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+use crate::anomaly::{Anomaly, Figures};
 use crate::repo::commit::CommitRecord;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,9 @@ pub struct RunRecord {
     pub bytes_in: Option<u64>,
     pub bytes_out: Option<u64>,
     pub trigger: String,
+    /// What looked wrong about this good backup next to the job's history.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anomalies: Vec<Anomaly>,
 }
 
 /// A run of a job that is still going in another live process.
@@ -271,7 +275,7 @@ impl Catalog {
     pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
         self.with(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, job, started, finished, status, error, backup_id, bytes_in, bytes_out, trigger
+                "SELECT id, job, started, finished, status, error, backup_id, bytes_in, bytes_out, trigger, anomalies
                  FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![job, limit as i64], |r| {
@@ -286,6 +290,42 @@ impl Catalog {
                     bytes_in: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
                     bytes_out: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
                     trigger: r.get(9)?,
+                    anomalies: r
+                        .get::<_, Option<String>>(10)?
+                        .and_then(|j| serde_json::from_str(&j).ok())
+                        .unwrap_or_default(),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Records a good run's directory entries and the anomalies found for it.
+    pub fn note_run_figures(&self, run: i64, entries: u64, anomalies: &[Anomaly]) -> Result<()> {
+        let json =
+            (!anomalies.is_empty()).then(|| serde_json::to_string(anomalies).unwrap_or_default());
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET entries = ?2, anomalies = ?3 WHERE id = ?1",
+                params![run, entries as i64, json],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The figures of `job`'s good runs before run `before`, newest first.
+    pub fn good_run_figures(&self, job: &str, before: i64, limit: usize) -> Result<Vec<Figures>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT bytes_in, bytes_out, entries FROM runs
+                 WHERE job = ?1 AND id < ?2 AND status = 'success' AND bytes_in IS NOT NULL
+                 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![job, before, limit as i64], |r| {
+                Ok(Figures {
+                    source_size: r.get::<_, i64>(0)? as u64,
+                    stored_size: r.get::<_, Option<i64>>(1)?.unwrap_or(0) as u64,
+                    entries: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
                 })
             })?;
             rows.collect()

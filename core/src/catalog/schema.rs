@@ -67,6 +67,14 @@ pub fn migrations() -> Migrations<'static> {
     CREATE INDEX restore_tests_by_job ON restore_tests (job, id DESC);
     ",
         ),
+        // Per good run: directory entries, and the anomalies found against the job's
+        // history (JSON list), so the next comparison and `bk status` can read them.
+        M::up(
+            "
+    ALTER TABLE runs ADD COLUMN entries INTEGER;
+    ALTER TABLE runs ADD COLUMN anomalies TEXT;
+    ",
+        ),
     ])
 }
 

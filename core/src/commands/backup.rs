@@ -18,6 +18,7 @@ use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{Catalog, CatalogError, RunStatus};
+use crate::anomaly::{self, Anomaly, Figures};
 use crate::config::{Config, JobConfig, JobKind};
 pub use crate::error_chain;
 use crate::keys::{self, KeyError};
@@ -86,6 +87,8 @@ pub struct BackupReport {
 
 /// Runs one backup of `job_name` and records the run in the catalog (if given).
 pub async fn run(
+    /// What looks wrong next to the job's recent history (the backup is committed).
+    pub anomalies: Vec<Anomaly>,
     config: &Config,
     repo: &Repository,
     catalog: Option<&Catalog>,
@@ -209,6 +212,10 @@ async fn run_recorded(
         }
     }
     result
+    let mut result = result;
+    if let (Ok(report), Some(c), Some(run_id)) = (&mut result, catalog, run_id) {
+        report.anomalies = check_anomalies(config, c, job_name, run_id, report);
+    }
 }
 
 /// Runs `attempt`, again after a hot standby cancelled the dump ("conflict with
@@ -227,6 +234,43 @@ async fn attempt_with_retries(
             if source::postgres::is_recovery_conflict(source));
         if !conflict || retries >= job.conflict_retries || cancel.is_cancelled() {
             return result;
+/// Compares a committed backup with the job's recent good runs; logs and records
+/// what looks wrong. Never fails the run: an anomaly is for a human to look at.
+fn check_anomalies(
+    config: &Config,
+    catalog: &Catalog,
+    job_name: &str,
+    run_id: i64,
+    report: &BackupReport,
+) -> Vec<Anomaly> {
+    let rules = config.anomaly_rules(job_name);
+    let record = &report.record;
+    let figures = Figures {
+        source_size: record.source_size,
+        stored_size: record.payload.size + record.manifest.size,
+        entries: report.entries,
+    };
+    let history = catalog
+        .good_run_figures(job_name, run_id, rules.history)
+        .unwrap_or_else(|e| {
+            tracing::warn!(job = job_name, error = %e, "reading the job's history failed; no anomaly check");
+            Vec::new()
+        });
+    let found = anomaly::detect(&figures, &history, rules);
+    for a in &found {
+        tracing::warn!(
+            job = job_name,
+            run = run_id,
+            backup = %record.backup_id,
+            "anomaly: {a}; the backup is committed: look at it before retention removes older ones"
+        );
+    }
+    if let Err(e) = catalog.note_run_figures(run_id, report.entries, &found) {
+        tracing::warn!(job = job_name, error = %e, "recording the backup's figures failed");
+    }
+    found
+}
+
         }
         let wait = Duration::from_secs(5 << retries.min(6));
         tracing::warn!(
@@ -469,6 +513,7 @@ async fn commit_objects(
 ) -> Result<CommitRecord, BackupError> {
     let name = job_name.to_string();
     let started = header.started;
+            anomalies: Vec::new(),
     let source_size = header.source_size;
     let mut manifest_input =
         spool

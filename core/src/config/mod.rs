@@ -38,6 +38,9 @@ pub struct Config {
     /// Where failures and overdue jobs are reported.
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// How each new backup is compared with its job's recent history.
+    #[serde(default)]
+    pub anomaly: AnomalyConfig,
     /// Backup jobs, by name (the name becomes part of every object key).
     #[serde(default)]
     pub jobs: BTreeMap<String, JobConfig>,
@@ -273,6 +276,72 @@ pub struct JobConfig {
 /// Keep-last plus calendar buckets, as restic `forget` and Borg `prune`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
+    /// Anomaly thresholds for this job, replacing the global `[anomaly]` table.
+    #[serde(default)]
+    pub anomaly: Option<AnomalyConfig>,
+}
+
+/// When a committed backup is flagged as an anomaly: compared with the median of the
+/// job's recent good backups, it is much smaller, has far fewer files, or compresses
+/// far worse (content that turned random: ransomware?). Flagged backups stay committed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// Compare each new backup with the job's history at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How many recent good backups the median is taken over.
+    #[serde(default = "default_anomaly_history")]
+    pub history: usize,
+    /// Below this many earlier good backups nothing is compared yet.
+    #[serde(default = "default_anomaly_min_history")]
+    pub min_history: usize,
+    /// Flag a dump smaller than this fraction of the median size.
+    #[serde(default = "default_size_drop")]
+    pub size_drop: f64,
+    /// Flag a directory backup with fewer entries than this fraction of the median.
+    #[serde(default = "default_files_drop")]
+    pub files_drop: f64,
+    /// Flag a compression ratio below this fraction of the median ratio…
+    #[serde(default = "default_compression_drop")]
+    pub compression_drop: f64,
+    /// …when the median ratio is at least this (content that never compressed, like
+    /// photos, is not watched for it).
+    #[serde(default = "default_min_compression")]
+    pub min_compression: f64,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        AnomalyConfig {
+            enabled: true,
+            history: default_anomaly_history(),
+            min_history: default_anomaly_min_history(),
+            size_drop: default_size_drop(),
+            files_drop: default_files_drop(),
+            compression_drop: default_compression_drop(),
+            min_compression: default_min_compression(),
+        }
+    }
+}
+
+fn default_anomaly_history() -> usize {
+    10
+}
+fn default_anomaly_min_history() -> usize {
+    3
+}
+fn default_size_drop() -> f64 {
+    0.5
+}
+fn default_files_drop() -> f64 {
+    0.5
+}
+fn default_compression_drop() -> f64 {
+    0.6
+}
+fn default_min_compression() -> f64 {
+    1.3
 pub struct Retention {
     #[serde(default)]
     pub keep_last: Option<u32>,
@@ -313,11 +382,6 @@ pub struct RestoreTestConfig {
     /// SQL queries that must each return true on the restored database.
     #[serde(default)]
     pub checks: Vec<String>,
-}
-
-fn default_part_size() -> ByteSize {
-    ByteSize::mib(16)
-}
     /// Which backup to test: `latest` (the newest) or `random` (any retained one).
     #[serde(default)]
     pub pick: PickBackup,
@@ -348,6 +412,11 @@ fn default_upload_concurrency() -> usize {
 }
 fn default_zstd_level() -> i32 {
     3
+}
+
+fn default_part_size() -> ByteSize {
+    ByteSize::mib(16)
+}
 }
 fn default_zstd_workers() -> u32 {
     2
@@ -514,6 +583,13 @@ impl Config {
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
+    /// The anomaly thresholds in force for `job` (its own table, else `[anomaly]`).
+    pub fn anomaly_rules(&self, job: &str) -> &AnomalyConfig {
+        self.job(job)
+            .and_then(|j| j.anomaly.as_ref())
+            .unwrap_or(&self.anomaly)
+    }
+
             }
         };
         if let Some(p) = self.catalog.path.as_mut() {

@@ -57,8 +57,12 @@ pub(super) fn problems(config: &Config) -> Vec<String> {
             }
         }
     }
+    anomaly(&config.anomaly, "anomaly", &mut out);
     for (name, job) in &config.jobs {
         self::job(config, name, job, &mut out);
+        if let Some(rules) = &job.anomaly {
+            anomaly(rules, &format!("jobs.{name}.anomaly"), &mut out);
+        }
     }
     out
 }
@@ -271,9 +275,33 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
+/// Anomaly thresholds: fractions in (0, 1], a history at least `min_history` long.
+fn anomaly(rules: &crate::config::AnomalyConfig, at: &str, out: &mut Vec<String>) {
+    for (key, value) in [
+        ("size_drop", rules.size_drop),
+        ("files_drop", rules.files_drop),
+        ("compression_drop", rules.compression_drop),
+    ] {
+        if !(value > 0.0 && value <= 1.0) {
+            out.push(format!(
+                "{at}.{key} = {value} must be a fraction above 0 and at most 1"
+            ));
+        }
+    }
+    if rules.min_history == 0 || rules.history < rules.min_history {
+        out.push(format!(
+            "{at}.history ({}) must be at least min_history ({}), and min_history at least 1",
+            rules.history, rules.min_history
+        ));
+    }
+    if rules.min_compression.is_nan() || rules.min_compression < 1.0 {
+        out.push(format!(
+            "{at}.min_compression = {} must be at least 1 (a ratio)",
+            rules.min_compression
+        ));
+    }
+}
+
 /// The restore-test target must fit the job's kind.
 fn restore_test_target(
     kind: JobKind,
@@ -312,6 +340,9 @@ fn restore_test_target(
 
     use crate::config::{Config, ConfigError};
 
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
     const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
     fn problems(text: &str) -> Vec<String> {
