@@ -116,6 +116,15 @@ fn a_replica_dump_restores_with_the_stock_client_and_row_counts_match() {
     mysql_job(&mut ws, "shop", "db", &db, &replica_cnf, "");
     let out = ws.bk(&["run", "shop"]).ok();
     assert!(!out.stderr.contains(BACKUP_PASSWORD), "{}", out.stderr);
+    let check = ws.bk(&["config", "check"]).ok();
+    assert!(
+        check.stdout.contains("ok    job shop")
+            && check
+                .stdout
+                .contains("a replica, replication running, 0s behind"),
+        "{}",
+        check.stdout
+    );
     let id = ws.backup_ids("shop").remove(0);
 
     let header = decrypted_header(&ws, "shop", &id);
@@ -228,6 +237,14 @@ fn a_primary_is_refused_unless_the_job_allows_it() {
     );
     assert!(out.stderr.contains("job `strict`"), "{}", out.stderr);
     assert!(ws.backup_ids("strict").is_empty());
+    // `bk config check` says the same before any run would.
+    let check = ws.bk(&["config", "check"]).fails_with(1);
+    assert!(
+        check.stdout.contains("is a primary")
+            && check.stdout.contains("a primary (allow_primary = true)"),
+        "{}",
+        check.stdout
+    );
 
     ws.bk(&["run", "lenient"]).ok();
     let id = ws.backup_ids("lenient").remove(0);

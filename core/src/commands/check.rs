@@ -2,7 +2,8 @@
 //! names, each reported with what was found and, when it fails, the fix. The repository
 //! (marker readable, listing allowed), every SSH host (strict host key, login), each
 //! job's dump tool on its host, a postgres job's server (`pg_is_in_recovery()`, replay
-//! lag), and the identity files of restore tests (readable, recipient configured).
+//! lag), a mysql job's server (replica status, lag), and the identity files of restore
+//! tests (readable, recipient configured).
 //!
 //! Never writes: no marker, no probe object, no catalog, no known_hosts entry. Only
 //! commands the job itself sends are run on a host, so a host hardened with
@@ -309,7 +310,37 @@ async fn job(config: &Config, name: &str, job: &JobConfig) -> Vec<Check> {
     if job.kind == JobKind::Postgres {
         out.push(postgres(&what, &host, job).await);
     }
+    if job.kind == JobKind::Mysql {
+        out.push(mysql(&what, name, &host, job).await);
+    }
     out
+}
+
+/// The server a mysql job dumps: checked as a run would check it (no row counts).
+async fn mysql(what: &str, name: &str, host: &SourceHost, job: &JobConfig) -> Check {
+    match source::mysql::check_server(host, name, job).await {
+        Ok(summary) => Check::pass(what, summary),
+        Err(SourceError::Refused { reason, .. }) => Check::fail(
+            what,
+            reason,
+            "the job would refuse this server; docs/sources.md explains the replica checks",
+        ),
+        Err(SourceError::Failed {
+            outcome, stderr, ..
+        }) => {
+            let mut c = command_failed(what, &job.host, "mariadb", outcome.clone(), &stderr);
+            if !matches!(outcome, ExitOutcome::Code(126 | 127)) {
+                c.detail = format!("the client could not query the server: {}", stderr.trim());
+                c.fix = Some(
+                    "check jobs.NAME.defaults_file (an option file on the source host) and the \
+                     account's grants (docs/sources.md, mysql)"
+                        .into(),
+                );
+            }
+            c
+        }
+        Err(e) => Check::fail(what, e.to_string(), "check the host"),
+    }
 }
 
 fn command_failed(

@@ -293,33 +293,7 @@ impl MySqlSession {
         job_name: &str,
         job: &JobConfig,
     ) -> Result<MySqlSession, SourceError> {
-        let refuse = |reason: String| SourceError::Refused {
-            host: host.name().to_string(),
-            job: job_name.to_string(),
-            reason,
-        };
-        let state = state(host, job).await?;
-        if !state.is_replica() && !job.allow_primary {
-            return Err(refuse(
-                "the server is a primary, not a replica (SHOW REPLICA STATUS returns no rows): \
-                 point the job at a replica, or set allow_primary = true"
-                    .into(),
-            ));
-        }
-        if let Some(why) = state.not_running() {
-            return Err(refuse(format!(
-                "replication is not running on the replica ({why}), so its data is falling \
-                 behind: start it (START REPLICA) or point the job at a running replica"
-            )));
-        }
-        let behind = state.seconds_behind().unwrap_or(0);
-        if behind as f64 > job.max_replay_lag.as_secs_f64() {
-            return Err(refuse(format!(
-                "the replica is {behind}s behind its primary (Seconds_Behind_Master), above \
-                 max_replay_lag = {}",
-                humantime::format_duration(job.max_replay_lag)
-            )));
-        }
+        let state = checked_state(host, job_name, job).await?;
         let mut details = BTreeMap::from([("mysql".to_string(), state.to_json())]);
         let (outcome, stdout, stderr) = host.output(&count_rows_command(job)).await?;
         if outcome != ExitOutcome::Code(0) {
@@ -376,6 +350,65 @@ impl MySqlSession {
         }
         (self.details, warnings)
     }
+}
+
+/// What `bk config check` reports: the server's state, refused as a run would refuse it.
+pub async fn check_server(
+    host: &SourceHost,
+    job_name: &str,
+    job: &JobConfig,
+) -> Result<String, SourceError> {
+    let state = checked_state(host, job_name, job).await?;
+    let database = job.database.as_deref().unwrap_or("?");
+    Ok(if state.is_replica() {
+        format!(
+            "{}, database {database}: a replica, replication running, {}s behind",
+            state.version,
+            state.seconds_behind().unwrap_or(0)
+        )
+    } else {
+        format!(
+            "{}, database {database}: a primary (allow_primary = true)",
+            state.version
+        )
+    })
+}
+
+/// The server's state, or why a job must not dump it: a primary (unless the job allows
+/// it), a replica whose replication is not running, or one too far behind.
+async fn checked_state(
+    host: &SourceHost,
+    job_name: &str,
+    job: &JobConfig,
+) -> Result<ServerState, SourceError> {
+    let refuse = |reason: String| SourceError::Refused {
+        host: host.name().to_string(),
+        job: job_name.to_string(),
+        reason,
+    };
+    let state = state(host, job).await?;
+    if !state.is_replica() && !job.allow_primary {
+        return Err(refuse(
+            "the server is a primary, not a replica (SHOW REPLICA STATUS returns no rows): \
+             point the job at a replica, or set allow_primary = true"
+                .into(),
+        ));
+    }
+    if let Some(why) = state.not_running() {
+        return Err(refuse(format!(
+            "replication is not running on the replica ({why}), so its data is falling \
+             behind: start it (START REPLICA) or point the job at a running replica"
+        )));
+    }
+    let behind = state.seconds_behind().unwrap_or(0);
+    if behind as f64 > job.max_replay_lag.as_secs_f64() {
+        return Err(refuse(format!(
+            "the replica is {behind}s behind its primary (Seconds_Behind_Master), above \
+             max_replay_lag = {}",
+            humantime::format_duration(job.max_replay_lag)
+        )));
+    }
+    Ok(state)
 }
 
 async fn state(host: &SourceHost, job: &JobConfig) -> Result<ServerState, SourceError> {
