@@ -153,6 +153,10 @@ pub fn generate_identity_file(path: &Path) -> Result<String, KeyError> {
 
 /// Recipients shown in messages are shortened; they are public, but long.
 fn shorten(text: &str) -> String {
+    if text.starts_with("AGE-SECRET-KEY-") {
+        // A secret key where a public one belongs: not one character of it is shown.
+        return "AGE-SECRET-KEY-… (an identity: give its recipient, `age-keygen -y FILE`)".into();
+    }
     let first: String = text.chars().take(24).collect();
     if first.len() < text.len() {
         format!("{first}…")

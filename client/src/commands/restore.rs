@@ -31,12 +31,11 @@ pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
     let verify_only = matches!(sink, Sink::Verify);
     let repo = super::open_repo(config)?;
     let ids: Vec<&Path> = args.identity.iter().map(|p| p.as_path()).collect();
-    let what = if verify_only {
+    let bar = crate::progress::start(if verify_only {
         "verifying"
     } else {
         "restoring"
-    };
-    let bar = crate::progress::start(what);
+    });
     let report = restore::run(&repo, &args.job, &args.backup, &ids, sink).await;
     drop(bar);
     let report = report?;
@@ -59,6 +58,9 @@ pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
         ));
     }
     line.push_str(&format!(", {:.1}s", report.elapsed.as_secs_f64()));
+    for warning in &report.warnings {
+        eprintln!("warning: {warning}");
+    }
     // Results go to stderr when stdout carries the restored bytes.
     if args.stdout {
         eprintln!("{line}");

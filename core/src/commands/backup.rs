@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::BufReader;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,9 @@ use object_store::ObjectStoreExt;
 use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::{Catalog, CatalogError, RunStatus};
 use crate::anomaly::{self, Anomaly, Figures};
-use crate::config::{Config, JobConfig, JobKind};
+use crate::catalog::{Catalog, CatalogError, RunStatus};
+use crate::config::{ByteSize, Config, JobConfig, JobKind};
 pub use crate::error_chain;
 use crate::keys::{self, KeyError};
 use crate::pipeline::{self, hash::copy_large, PipelineError, SealSettings};
@@ -27,6 +28,7 @@ use crate::repo::commit::{self, CommitRecord, StoredObject};
 use crate::repo::id::BackupId;
 use crate::repo::manifest::{self, EntrySpool, ManifestHeader};
 use crate::repo::{layout, RepoError, Repository};
+use crate::source::limit::SizeLimit;
 use crate::source::tar_index::{self, Tee};
 use crate::source::{self, DumpPlan, RunningSource, SourceError, SourceHost};
 
@@ -52,8 +54,10 @@ pub enum BackupError {
         job: String,
         source: Box<CatalogError>,
     },
-    #[error("job `{job}` did not finish within its timeout of {}", humantime::format_duration(*.after))]
+    #[error("job `{job}` did not finish within its timeout of {}; the source was stopped and nothing was committed", humantime::format_duration(*.after))]
     Timeout { job: String, after: Duration },
+    #[error("job `{job}`: the source sent more than its max_size of {limit}; it was stopped and nothing was committed")]
+    TooLarge { job: String, limit: ByteSize },
     #[error("job `{job}` was stopped before it finished (shutdown); nothing was committed")]
     Interrupted { job: String },
     #[error("job `{job}` is already running (run {run}, {trigger}, process {pid}); not starting it twice")]
@@ -83,12 +87,12 @@ pub struct BackupReport {
     pub warnings: Vec<String>,
     pub entries: u64,
     pub elapsed: Duration,
+    /// What looks wrong next to the job's recent history (the backup is committed).
+    pub anomalies: Vec<Anomaly>,
 }
 
 /// Runs one backup of `job_name` and records the run in the catalog (if given).
 pub async fn run(
-    /// What looks wrong next to the job's recent history (the backup is committed).
-    pub anomalies: Vec<Anomaly>,
     config: &Config,
     repo: &Repository,
     catalog: Option<&Catalog>,
@@ -171,16 +175,28 @@ async fn run_recorded(
         tracing::Span::current().record("run", id);
     }
     tracing::info!(job = job_name, run = run_id, host = %job.host, kind = job.kind.as_str(), "backup started");
-    let attempt = attempt_with_retries(config, repo, job_name, job, cancel);
+    // A timeout stops the run the way a shutdown does (source killed, upload aborted),
+    // then reports itself as the cause; a run already committing finishes that first.
+    let deadline = cancel.child_token();
+    let attempt = attempt_with_retries(config, repo, job_name, job, &deadline);
     let result = match job.timeout {
-        Some(after) => tokio::time::timeout(after, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(BackupError::Timeout {
-                    job: job_name.to_string(),
-                    after,
-                })
-            }),
+        Some(after) => {
+            tokio::pin!(attempt);
+            tokio::select! {
+                result = &mut attempt => result,
+                () = tokio::time::sleep(after) => {
+                    deadline.cancel();
+                    let drained = tokio::time::timeout(CANCEL_DRAIN, attempt).await;
+                    if let Ok(Ok(committed)) = drained {
+                        Ok(committed)
+                    } else if cancel.is_cancelled() {
+                        Err(BackupError::Interrupted { job: job_name.to_string() })
+                    } else {
+                        Err(BackupError::Timeout { job: job_name.to_string(), after })
+                    }
+                }
+            }
+        }
         None => attempt.await,
     };
     match &result {
@@ -195,6 +211,10 @@ async fn run_recorded(
         Err(e) => {
             tracing::error!(job = job_name, run = run_id, error = %error_chain(e), "backup failed")
         }
+    }
+    let mut result = result;
+    if let (Ok(report), Some(c), Some(run_id)) = (&mut result, catalog, run_id) {
+        report.anomalies = check_anomalies(config, c, job_name, run_id, report);
     }
     if let (Some(c), Some(run_id)) = (catalog, run_id) {
         let recorded = match &result {
@@ -212,28 +232,8 @@ async fn run_recorded(
         }
     }
     result
-    let mut result = result;
-    if let (Ok(report), Some(c), Some(run_id)) = (&mut result, catalog, run_id) {
-        report.anomalies = check_anomalies(config, c, job_name, run_id, report);
-    }
 }
 
-/// Runs `attempt`, again after a hot standby cancelled the dump ("conflict with
-/// recovery"), waiting 5 s, 10 s, 20 s… in between, up to the job's `conflict_retries`.
-async fn attempt_with_retries(
-    config: &Config,
-    repo: &Repository,
-    job_name: &str,
-    job: &JobConfig,
-    cancel: &CancellationToken,
-) -> Result<BackupReport, BackupError> {
-    let mut retries = 0;
-    loop {
-        let result = attempt(config, repo, job_name, job, cancel).await;
-        let conflict = matches!(&result, Err(BackupError::Source { source, .. })
-            if source::postgres::is_recovery_conflict(source));
-        if !conflict || retries >= job.conflict_retries || cancel.is_cancelled() {
-            return result;
 /// Compares a committed backup with the job's recent good runs; logs and records
 /// what looks wrong. Never fails the run: an anomaly is for a human to look at.
 fn check_anomalies(
@@ -271,6 +271,22 @@ fn check_anomalies(
     found
 }
 
+/// Runs `attempt`, again after a hot standby cancelled the dump ("conflict with
+/// recovery"), waiting 5 s, 10 s, 20 s… in between, up to the job's `conflict_retries`.
+async fn attempt_with_retries(
+    config: &Config,
+    repo: &Repository,
+    job_name: &str,
+    job: &JobConfig,
+    cancel: &CancellationToken,
+) -> Result<BackupReport, BackupError> {
+    let mut retries = 0;
+    loop {
+        let result = attempt(config, repo, job_name, job, cancel).await;
+        let conflict = matches!(&result, Err(BackupError::Source { source, .. })
+            if source::postgres::is_recovery_conflict(source));
+        if !conflict || retries >= job.conflict_retries || cancel.is_cancelled() {
+            return result;
         }
         let wait = Duration::from_secs(5 << retries.min(6));
         tracing::warn!(
@@ -361,6 +377,8 @@ async fn attempt(
         return Err(interrupted());
     }
     let stdout = SyncIoBridge::new(running.take_stdout());
+    let too_large = Arc::new(AtomicBool::new(false));
+    let limit = job.max_size.map(|max| (max, too_large.clone()));
     let is_tar = plan.kind == JobKind::Directory;
     let payload_key = layout::payload(job_name, &id);
     let sealing = pipeline::seal(
@@ -368,6 +386,10 @@ async fn attempt(
         payload_key.clone(),
         &settings,
         move |out| {
+            let stdout: Box<dyn std::io::Read> = match limit {
+                Some((max, flag)) => Box::new(SizeLimit::new(stdout, max, flag)),
+                None => Box::new(stdout),
+            };
             let input = BufReader::with_capacity(1 << 20, stdout);
             let mut spool = EntrySpool::new()?;
             if is_tar {
@@ -401,6 +423,13 @@ async fn attempt(
             // tar that does not parse), a source that failed on its own is the cause.
             if running.try_outcome().is_none() {
                 running.kill().await;
+            }
+            if too_large.load(Ordering::SeqCst) {
+                let _ = running.wait().await;
+                return Err(BackupError::TooLarge {
+                    job: name.clone(),
+                    limit: job.max_size.unwrap_or(ByteSize(0)),
+                });
             }
             let (outcome, stderr) = running.wait().await;
             let symptom = matches!(
@@ -484,6 +513,7 @@ async fn attempt(
             warnings,
             entries,
             elapsed: clock.elapsed(),
+            anomalies: Vec::new(),
         }),
         Err(e) => {
             // Nothing is committed; remove what was written so no orphan waits for gc.
@@ -513,7 +543,6 @@ async fn commit_objects(
 ) -> Result<CommitRecord, BackupError> {
     let name = job_name.to_string();
     let started = header.started;
-            anomalies: Vec::new(),
     let source_size = header.source_size;
     let mut manifest_input =
         spool

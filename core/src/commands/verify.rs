@@ -28,8 +28,13 @@ pub struct Verified {
 pub async fn verify(repo: &Repository, job: Option<&str>) -> Result<Vec<Verified>, RepoError> {
     let records = crate::commands::list::committed(repo, job).await?;
     if let Some(p) = crate::progress::installed() {
-        let bytes = records.iter().flat_map(|r| r.objects()).map(|o| o.size);
-        p.add_total(bytes.sum());
+        p.add_total(
+            records
+                .iter()
+                .flat_map(|r| r.objects())
+                .map(|o| o.size)
+                .sum(),
+        );
     }
     futures::stream::iter(records)
         .map(|record| async move { verify_backup(repo, &record).await })

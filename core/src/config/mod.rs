@@ -257,6 +257,11 @@ pub struct JobConfig {
     /// A source that sends no byte for this long fails the run ("0s" disables the check).
     #[serde(default = "default_stall_timeout", with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// Stop the source and fail the run once it has sent more than this (the dump's
+    /// plaintext, before compression); nothing is committed. A source that streams for
+    /// ever, whether broken or compromised, cannot fill the storage. Unset: no limit.
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
     /// Which backups to keep when pruning.
     #[serde(default)]
     pub retention: Option<Retention>,
@@ -271,11 +276,6 @@ pub struct JobConfig {
     /// Alert destinations for this job, replacing the global `[alerts]` keys it sets.
     #[serde(default)]
     pub alerts: Option<AlertsConfig>,
-}
-
-/// Keep-last plus calendar buckets, as restic `forget` and Borg `prune`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
     /// Anomaly thresholds for this job, replacing the global `[anomaly]` table.
     #[serde(default)]
     pub anomaly: Option<AnomalyConfig>,
@@ -342,6 +342,11 @@ fn default_compression_drop() -> f64 {
 }
 fn default_min_compression() -> f64 {
     1.3
+}
+
+/// Keep-last plus calendar buckets, as restic `forget` and Borg `prune`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Retention {
     #[serde(default)]
     pub keep_last: Option<u32>,
@@ -407,16 +412,16 @@ pub enum PickBackup {
     Latest,
     /// A random one among those retention keeps (all of them without `retention`).
     Random,
-fn default_upload_concurrency() -> usize {
-    2
-}
-fn default_zstd_level() -> i32 {
-    3
 }
 
 fn default_part_size() -> ByteSize {
     ByteSize::mib(16)
 }
+fn default_upload_concurrency() -> usize {
+    2
+}
+fn default_zstd_level() -> i32 {
+    3
 }
 fn default_zstd_workers() -> u32 {
     2
@@ -578,11 +583,6 @@ impl Config {
         self.jobs.get(name)
     }
 
-    fn resolve_relative_paths(&mut self) {
-        let base = self.base_dir();
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
     /// The anomaly thresholds in force for `job` (its own table, else `[anomaly]`).
     pub fn anomaly_rules(&self, job: &str) -> &AnomalyConfig {
         self.job(job)
@@ -590,6 +590,11 @@ impl Config {
             .unwrap_or(&self.anomaly)
     }
 
+    fn resolve_relative_paths(&mut self) {
+        let base = self.base_dir();
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
         };
         if let Some(p) = self.catalog.path.as_mut() {

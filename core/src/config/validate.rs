@@ -260,6 +260,9 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
     if job.timeout.is_some_and(|t| t.is_zero()) {
         out.push(format!("{at}.timeout must be longer than 0s"));
     }
+    if job.max_size.is_some_and(|s| s.bytes() == 0) {
+        out.push(format!("{at}.max_size must be more than 0 bytes"));
+    }
     if job.expect_within.is_some_and(|t| t.is_zero()) {
         out.push(format!("{at}.expect_within must be longer than 0s"));
     }
@@ -337,12 +340,12 @@ fn restore_test_target(
     }
 }
 
-
-    use crate::config::{Config, ConfigError};
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
     const RECIPIENT: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
 
     fn problems(text: &str) -> Vec<String> {

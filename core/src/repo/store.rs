@@ -23,9 +23,23 @@ use crate::config::RepositoryConfig;
 pub fn build(config: &RepositoryConfig) -> Result<Arc<dyn ObjectStore>, String> {
     let url = url::Url::parse(&config.url).map_err(|e| format!("not a URL: {e}"))?;
     let mut options = config.options.clone();
+    // A credentials file's keys are never quoted back: a bare key pasted on a line of
+    // its own (`AbC…==`) would otherwise show up as an "unknown option".
+    let mut secret_keys = std::collections::BTreeSet::new();
     if let Some(file) = &config.credentials_file {
-        options.extend(read_credentials(file)?);
+        let credentials = read_credentials(file)?;
+        secret_keys.extend(credentials.keys().cloned());
+        options.extend(credentials);
     }
+    let unknown_key = |key: &str, backend: &str| {
+        match &config.credentials_file {
+        Some(file) if secret_keys.contains(key) => format!(
+            "credentials file {}: a line is not an option of the {backend} backend (not shown: it may hold a secret; see docs/storage.md)",
+            file.display()
+        ),
+        _ => unknown_key(key, backend),
+    }
+    };
     let retry = RetryConfig {
         max_retries: config.max_retries,
         retry_timeout: config.retry_timeout,

@@ -11,6 +11,7 @@ pub mod compare;
 pub mod download;
 pub mod extract;
 pub mod postgres;
+pub mod safety;
 pub mod unseal;
 
 use std::fs::File;
@@ -19,9 +20,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::keys::{Identity, KeyError};
 use tokio_util::sync::CancellationToken;
 
+use crate::keys::{Identity, KeyError};
 use crate::pipeline::hash::{copy_large, Digest, HashingReader};
 use crate::repo::commit::{CommitRecord, StoredObject};
 use crate::repo::manifest::{EntryType, ManifestHeader, ManifestReader};
@@ -42,24 +43,29 @@ pub enum RestoreError {
     Mismatch { backup: String, reason: String },
     #[error(transparent)]
     Extract(#[from] extract::ExtractError),
+    #[error("backup {backup} would not restore safely: {refusal}")]
+    Unsafe {
+        backup: String,
+        refusal: safety::Refusal,
+    },
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
     #[error("backup {backup} is a `{kind}` backup; --to DIR restores only `directory` backups (use --stdout)")]
     NotADirectory { backup: String, kind: String },
-    #[error("the restore thread failed: {0}")]
-    Thread(String),
-}
-
-/// Where restored bytes go.
-pub enum Sink {
     #[error("backup {backup} is a `{kind}` backup; --pg-target restores only `postgres` backups")]
     NotADatabase { backup: String, kind: String },
-    /// Check everything, write nothing.
-    Verify,
+    #[error("the restore thread failed: {0}")]
+    Thread(String),
     #[error("the restore was stopped before it finished")]
     Stopped,
     #[error(transparent)]
     Postgres(#[from] postgres::PgTargetError),
+}
+
+/// Where restored bytes go.
+pub enum Sink {
+    /// Check everything, write nothing.
+    Verify,
     /// The payload's plaintext (a tar, a pg_dump archive…) to a writer.
     Stream(Box<dyn Write + Send>),
     /// A directory backup's files under a new or empty directory.
@@ -77,6 +83,10 @@ pub struct RestoreReport {
     pub stored_size: u64,
     /// Directory entries compared with the manifest.
     pub entries_checked: u64,
+    /// Directory entries restored with a caveat: setuid, setgid or sticky bits (dropped
+    /// unless asked to keep them), symlinks pointing outside the restored directory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     #[serde(with = "humantime_serde")]
     pub elapsed: Duration,
 }
@@ -87,19 +97,6 @@ pub async fn restore(
     record: &CommitRecord,
     identities: Arc<Vec<Identity>>,
     sink: Sink,
-) -> Result<RestoreReport, RestoreError> {
-    let clock = Instant::now();
-    let manifest_raw = download::open(repo, &record.manifest.key, record.manifest.size).await?;
-    let payload_raw: Box<dyn Read + Send> = Box::new(Stoppable {
-        inner: download::open(repo, &record.payload.key, record.payload.size).await?,
-        stop: stop.clone(),
-    });
-    let stored_size = record.payload.size + record.manifest.size;
-    let record = record.clone();
-    let ids = identities.clone();
-    let checked =
-        tokio::task::spawn_blocking(move || -> Result<(u64, ManifestHeader), RestoreError> {
-            let manifest = read_manifest(manifest_raw, &record, &ids)?;
 ) -> Result<RestoreReport, RestoreError> {
     restore_until(repo, record, identities, sink, &CancellationToken::new()).await
 }
@@ -112,34 +109,37 @@ pub async fn restore_until(
     identities: Arc<Vec<Identity>>,
     sink: Sink,
     stop: &CancellationToken,
+) -> Result<RestoreReport, RestoreError> {
+    let clock = Instant::now();
+    let manifest_raw = download::open(repo, &record.manifest.key, record.manifest.size).await?;
+    let payload_raw: Box<dyn Read + Send> = Box::new(Stoppable {
+        inner: download::open(repo, &record.payload.key, record.payload.size).await?,
+        stop: stop.clone(),
+    });
+    let stored_size = record.payload.size + record.manifest.size;
+    let record = record.clone();
+    let ids = identities.clone();
+    let checked =
+        tokio::task::spawn_blocking(move || -> Result<(Checked, ManifestHeader), RestoreError> {
+            let manifest = read_manifest(manifest_raw, &record, &ids)?;
             let header = manifest.header.clone();
             let checked = restore_payload(payload_raw, &record, &ids, manifest, sink)?;
             Ok((checked, header))
         })
         .await
         .map_err(|e| RestoreError::Thread(e.to_string()))??;
-    let (entries_checked, header) = checked;
+    let (checked, header) = checked;
     Ok(RestoreReport {
         backup_id: header.backup_id.to_string(),
         job: header.job,
         source_size: header.source_size,
         stored_size,
-        entries_checked,
+        entries_checked: checked.entries,
+        warnings: checked.warnings,
         elapsed: clock.elapsed(),
     })
 }
 
-/// Fetches and checks the manifest; returns a reader positioned at its first entry.
-fn read_manifest(
-    raw: Box<dyn Read + Send>,
-    record: &CommitRecord,
-    ids: &[Identity],
-) -> Result<ManifestReader<BufReader<File>>, RestoreError> {
-    let key = &record.manifest.key;
-    let mut unsealed = unseal::unseal(raw, key, ids)?;
-    let mut spool = tempfile::tempfile().map_err(|source| RestoreError::Io {
-        what: "creating a temporary file".into(),
-        source,
 /// Downloads, checks and decrypts a backup's manifest; the reader is positioned at
 /// its first entry (restore tests walk the entries again to check restored files).
 pub async fn fetch_manifest(
@@ -180,6 +180,17 @@ impl Read for Stoppable {
     }
 }
 
+/// Fetches and checks the manifest; returns a reader positioned at its first entry.
+fn read_manifest(
+    raw: Box<dyn Read + Send>,
+    record: &CommitRecord,
+    ids: &[Identity],
+) -> Result<ManifestReader<BufReader<File>>, RestoreError> {
+    let key = &record.manifest.key;
+    let mut unsealed = unseal::unseal(raw, key, ids)?;
+    let mut spool = tempfile::tempfile().map_err(|source| RestoreError::Io {
+        what: "creating a temporary file".into(),
+        source,
     })?;
     copy_large(&mut unsealed.reader, &mut spool).map_err(|e| read_error(key, e))?;
     check_stored(&record.manifest, &unsealed.cipher.get())?;
@@ -204,13 +215,20 @@ impl Read for Stoppable {
     Ok(manifest)
 }
 
+/// What the payload's entries came to.
+#[derive(Default)]
+struct Checked {
+    entries: u64,
+    warnings: Vec<String>,
+}
+
 fn restore_payload(
     raw: Box<dyn Read + Send>,
     record: &CommitRecord,
     ids: &[Identity],
     manifest: ManifestReader<BufReader<File>>,
     sink: Sink,
-) -> Result<u64, RestoreError> {
+) -> Result<Checked, RestoreError> {
     let key = &record.payload.key;
     let backup = record.backup_id.to_string();
     let header = manifest.header.clone();
@@ -220,7 +238,7 @@ fn restore_payload(
         backup: backup.clone(),
         reason,
     };
-    let mut checked = 0;
+    let mut checked = Checked::default();
     match sink {
         Sink::Stream(mut out) => {
             copy_to(&mut unsealed.reader, &mut out, key)?;
@@ -231,14 +249,29 @@ fn restore_payload(
         }
         Sink::Verify if !is_tar => copy_to(&mut unsealed.reader, &mut io::sink(), key)?,
         Sink::Verify => {
+            // The rules a restore applies, before anything else is read of the entry.
+            let mut rules = safety::EntryRules::new(header.source_size);
+            let mut warnings = safety::Warnings::default();
             let mut lockstep = compare::Lockstep::new(manifest);
             let mut archive = tar::Archive::new(&mut unsealed.reader);
             for entry in archive.entries().map_err(|e| read_error(key, e))? {
                 let mut entry = entry.map_err(|e| read_error(key, e))?;
-                let found = tar_index::describe(&mut entry).map_err(|e| read_error(key, e))?;
+                let mut found =
+                    tar_index::describe_header(&entry).map_err(|e| read_error(key, e))?;
+                let safe = rules
+                    .check(&found)
+                    .map_err(|refusal| RestoreError::Unsafe {
+                        backup: backup.clone(),
+                        refusal,
+                    })?;
+                if let Some(warning) = safe.warning {
+                    warnings.push(warning);
+                }
+                tar_index::read_content(&mut entry, &mut found).map_err(|e| read_error(key, e))?;
                 lockstep.check(&found).map_err(mismatch)?;
             }
-            checked = lockstep.finish().map_err(mismatch)?;
+            checked.entries = lockstep.finish().map_err(mismatch)?;
+            checked.warnings = warnings.into_vec();
         }
         Sink::Directory {
             path,
@@ -250,7 +283,8 @@ fn restore_payload(
                     kind: header.kind,
                 });
             }
-            let mut extractor = extract::Extractor::new(&path, keep_special_bits)?;
+            let mut extractor = extract::Extractor::new(&path, keep_special_bits)?
+                .max_entry_size(header.source_size);
             let mut lockstep = compare::Lockstep::new(manifest);
             let mut archive = tar::Archive::new(&mut unsealed.reader);
             for entry in archive.entries().map_err(|e| read_error(key, e))? {
@@ -272,7 +306,8 @@ fn restore_payload(
                 }
                 lockstep.check(&found).map_err(mismatch)?;
             }
-            checked = lockstep.finish().map_err(mismatch)?;
+            checked.entries = lockstep.finish().map_err(mismatch)?;
+            checked.warnings = std::mem::take(&mut extractor.warnings).into_vec();
             extractor.finish()?;
         }
     }
@@ -321,6 +356,9 @@ fn check_stored(expected: &StoredObject, found: &Digest) -> Result<(), RestoreEr
 
 /// An error while reading the object chain: damage if tagged so, else I/O.
 fn read_error(key: &str, e: io::Error) -> RestoreError {
+    if is_stopped(&e) {
+        return RestoreError::Stopped;
+    }
     match unseal::damage_of(&e) {
         Some(reason) => RestoreError::Damaged {
             key: key.to_string(),
@@ -340,9 +378,6 @@ fn read_error(key: &str, e: io::Error) -> RestoreError {
         },
     }
 }
-    if is_stopped(&e) {
-        return RestoreError::Stopped;
-    }
 
 /// True if `e` (or an error it wraps) is the stop of a `Stoppable` reader.
 pub(crate) fn is_stopped(e: &io::Error) -> bool {

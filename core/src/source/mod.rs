@@ -9,6 +9,7 @@
 
 pub mod command;
 pub mod directory;
+pub mod limit;
 pub mod local;
 pub mod mysql;
 pub mod postgres;

@@ -63,19 +63,51 @@ fn libpq_value(v: &str) -> String {
     format!("'{}'", v.replace('\\', r"\\").replace('\'', r"\'"))
 }
 
-/// conninfo without its password, for the manifest and messages.
+/// conninfo without its password, for the manifest and messages: libpq's
+/// `key = value` pairs (spaces around `=`, single-quoted values with `\` escapes) or
+/// a `postgresql://` URI (user, password and query dropped).
 fn redact(conninfo: &str) -> String {
-    conninfo
-        .split_whitespace()
-        .map(|w| {
-            if w.starts_with("password=") {
-                "password=…"
-            } else {
-                w
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let text = conninfo.trim();
+    if text.starts_with("postgresql://") || text.starts_with("postgres://") {
+        return crate::repo::redact_url(text);
+    }
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let key_end = rest
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(rest.len());
+        let key = &rest[..key_end];
+        rest = rest[key_end..].trim_start();
+        let Some(after_eq) = rest.strip_prefix('=') else {
+            // Not libpq syntax: keep nothing that could be a value.
+            out.push("…".to_string());
+            break;
+        };
+        rest = after_eq.trim_start();
+        let value_end = if rest.starts_with('\'') {
+            let mut escaped = false;
+            rest.char_indices()
+                .skip(1)
+                .find(|&(_, c)| {
+                    let end = c == '\'' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    end
+                })
+                .map(|(i, _)| i + 1)
+                .unwrap_or(rest.len())
+        } else {
+            rest.find(char::is_whitespace).unwrap_or(rest.len())
+        };
+        let value = &rest[..value_end];
+        rest = rest[value_end..].trim_start();
+        if key == "password" {
+            out.push("password=…".to_string());
+        } else {
+            out.push(format!("{key}={value}"));
+        }
+    }
+    out.join(" ")
 }
 
 const STATE_SQL: &str = "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN 0 \
@@ -118,6 +150,24 @@ fn watchdog_script(job: &JobConfig) -> String {
     )
 }
 
+/// psql input that prints `schema.table|rows` for every user table (`\gexec` runs the
+/// generated counts). Restore tests count the restored database with the same text.
+pub const COUNT_ROWS_SQL: &str =
+    "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
+
+/// Parses the `schema.table|rows` lines printed for `COUNT_ROWS_SQL`.
+pub fn parse_row_counts(out: &str) -> BTreeMap<String, u64> {
+    out.lines()
+        .filter_map(|l| {
+            let (table, n) = l.rsplit_once('|')?;
+            Some((table.to_string(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 fn count_rows_command(job: &JobConfig) -> String {
     format!(
         "echo {} | psql -X -q -At -F '|' -v ON_ERROR_STOP=1 --no-password --dbname={}",
@@ -146,24 +196,6 @@ pub struct PgSession {
     host: SourceHost,
     job_name: String,
     watchdog: Option<Watchdog>,
-/// psql input that prints `schema.table|rows` for every user table (`\gexec` runs the
-/// generated counts). Restore tests count the restored database with the same text.
-pub const COUNT_ROWS_SQL: &str =
-    "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
-     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
-
-/// Parses the `schema.table|rows` lines printed for `COUNT_ROWS_SQL`.
-pub fn parse_row_counts(out: &str) -> BTreeMap<String, u64> {
-    out.lines()
-        .filter_map(|l| {
-            let (table, n) = l.rsplit_once('|')?;
-            Some((table.to_string(), n.trim().parse().ok()?))
-        })
-        .collect()
-}
-
     monitor: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<LagWatch>>)>,
     /// Facts for the manifest's `details`.
     pub details: BTreeMap<String, serde_json::Value>,
@@ -534,6 +566,22 @@ mod tests {
         assert_eq!(
             redact("host=db password=hunter2 user=backup"),
             "host=db password=… user=backup"
+        );
+        for conninfo in [
+            "host=db password = 'hunter 2' user=backup",
+            "host=db password='hun\\'ter2' user=backup",
+            "host=db   password=\thunter2",
+        ] {
+            let shown = redact(conninfo);
+            assert!(
+                !shown.contains("hunter") && !shown.contains("ter2"),
+                "{shown}"
+            );
+            assert!(shown.starts_with("host=db password=…"), "{shown}");
+        }
+        assert_eq!(
+            redact("postgresql://backup:hunter2@db:5432/app?password=x"),
+            "postgresql://db:5432/app"
         );
     }
 }

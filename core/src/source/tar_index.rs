@@ -77,12 +77,32 @@ pub fn describe_header<R: Read>(entry: &tar::Entry<'_, R>) -> io::Result<Entry> 
 /// Describes one entry, reading (and hashing) its content.
 pub fn describe<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Entry> {
     let mut out = describe_header(entry)?;
-    if out.kind == EntryType::File {
-        let mut hasher = blake3::Hasher::new();
-        copy_large(entry, &mut hasher)?;
-        out.blake3 = Some(hasher.finalize().to_hex().to_string());
-    }
+    read_content(entry, &mut out)?;
     Ok(out)
+}
+
+/// Reads a regular file's content into `described.blake3`; a stream that ends before
+/// the size its header announced is an error naming the entry.
+pub fn read_content<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    described: &mut Entry,
+) -> io::Result<()> {
+    if described.kind != EntryType::File {
+        return Ok(());
+    }
+    let mut hasher = blake3::Hasher::new();
+    let read = copy_large(entry, &mut hasher)?;
+    if read != described.size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "tar entry `{}` announces {} bytes but the stream ends after {read}",
+                described.path, described.size
+            ),
+        ));
+    }
+    described.blake3 = Some(hasher.finalize().to_hex().to_string());
+    Ok(())
 }
 
 /// Drops the trailing `/` tar puts on directories, so paths compare equal everywhere.
