@@ -142,6 +142,34 @@ fn remote_command_failures_carry_exit_status_and_stderr() {
     assert_eq!(restored.stdout, format!("hello from {}", sshd::SOURCE_USER));
 }
 
+/// With a multiplexed session, asking for the exit status closes the mux connection
+/// and the master stops copying the channel's data: asked for too early, the end of a
+/// dump was lost while the command still exited 0 (a short dump committed as good).
+/// A slow reader (zstd -19) makes the remote command finish long before bk has read
+/// its output; every byte must still arrive. (The loss was seen once, under heavy
+/// load, on a small pg_dump; this scenario has not reproduced it here, but guards it.)
+#[test]
+fn the_whole_stream_arrives_when_the_remote_command_exits_before_bk_read_it() {
+    let sshd = Sshd::shared();
+    let mut ws = Workspace::new();
+    ws.add(&sshd.host_toml("box"));
+    ws.add(
+        "[compression]\nlevel = 19\nworkers = 0\n\n\
+         [jobs.burst]\nhost = \"box\"\nkind = \"command\"\ncommand = \"head -c 25165824 /dev/urandom\"\n",
+    );
+    let out = ws.bk(&["run", "burst", "--json"]).ok().json();
+    assert_eq!(out["source_size"], 25_165_824, "{out}");
+    let restored = ws.path().join("burst.out");
+    let identity = ws.identity.display().to_string();
+    sh(&format!(
+        "{} --config {} restore burst latest --identity {identity} --stdout > {}",
+        bk_path().display(),
+        ws.config.display(),
+        restored.display()
+    ));
+    assert_eq!(std::fs::metadata(&restored).unwrap().len(), 25_165_824);
+}
+
 #[test]
 fn a_connection_killed_mid_stream_fails_the_run_and_commits_nothing() {
     let sshd = Sshd::start();

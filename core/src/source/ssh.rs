@@ -342,11 +342,44 @@ pub fn wrap(command: &str) -> String {
 pub struct RemoteProcess {
     host: String,
     session: Arc<Session>,
-    status: JoinHandle<Result<std::process::ExitStatus, openssh::Error>>,
-    stderr: JoinHandle<String>,
+    /// The exit status and the stderr tail, asked for only once stdout and stderr are
+    /// read to their end: with a multiplexed session, `wait()` returning closes the
+    /// mux connection and the master stops copying the channel's data, so waiting
+    /// early cut the end off a dump that then still exited 0 (openssh-rust/openssh#103).
+    status: JoinHandle<(Result<std::process::ExitStatus, openssh::Error>, String)>,
     pid: Arc<OnceLock<u32>>,
     killed: bool,
     outcome: Option<ExitOutcome>,
+    stderr: Option<String>,
+}
+
+/// A reader that reports, once, that its stream ended (EOF, an error, or the reader
+/// being dropped): only then may the remote command's exit status be asked for.
+struct EndSignal<R> {
+    inner: R,
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for EndSignal<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let ended = match &polled {
+            std::task::Poll::Ready(Ok(())) => buf.filled().len() == before,
+            std::task::Poll::Ready(Err(_)) => true,
+            std::task::Poll::Pending => false,
+        };
+        if ended {
+            if let Some(tx) = self.ended.take() {
+                let _ = tx.send(());
+            }
+        }
+        polled
+    }
 }
 
 impl RemoteProcess {
@@ -372,16 +405,26 @@ impl RemoteProcess {
         let stderr = child.stderr().take().expect("stderr is piped");
         let pid = Arc::new(OnceLock::new());
         let stderr = tokio::spawn(collect_stderr(stderr, Some(pid.clone())));
-        let status = tokio::spawn(child.wait());
+        let (ended, stdout_ended) = tokio::sync::oneshot::channel();
+        let status = tokio::spawn(async move {
+            // Sender dropped (reader dropped) counts as ended too.
+            let _ = stdout_ended.await;
+            let stderr = stderr.await.unwrap_or_default();
+            (child.wait().await, stderr)
+        });
+        let stdout = EndSignal {
+            inner: stdout,
+            ended: Some(ended),
+        };
         Ok((
             RemoteProcess {
                 host: target.name.clone(),
                 session,
                 status,
-                stderr,
                 pid,
                 killed: false,
                 outcome: None,
+                stderr: None,
             },
             Box::new(stdout),
         ))
@@ -390,10 +433,25 @@ impl RemoteProcess {
     pub fn try_outcome(&mut self) -> Option<ExitOutcome> {
         if self.outcome.is_none() && self.status.is_finished() {
             if let Some(joined) = (&mut self.status).now_or_never() {
-                self.outcome = Some(self.outcome_of(joined));
+                self.settle(joined);
             }
         }
         self.outcome.clone()
+    }
+
+    fn settle(
+        &mut self,
+        joined: Result<
+            (Result<std::process::ExitStatus, openssh::Error>, String),
+            tokio::task::JoinError,
+        >,
+    ) {
+        let (status, stderr) = match joined {
+            Ok((status, stderr)) => (Ok(status), stderr),
+            Err(e) => (Err(e), String::new()),
+        };
+        self.outcome = Some(self.outcome_of(status));
+        self.stderr = Some(stderr);
     }
 
     /// Kills the remote process group. The remote dump would otherwise run on: a
@@ -418,14 +476,14 @@ impl RemoteProcess {
     }
 
     pub async fn wait(mut self) -> (ExitOutcome, String) {
-        let outcome = match self.outcome.take() {
-            Some(o) => o,
-            None => {
-                let joined = (&mut self.status).await;
-                self.outcome_of(joined)
-            }
-        };
-        let stderr = (&mut self.stderr).await.unwrap_or_default();
+        if self.outcome.is_none() {
+            let joined = (&mut self.status).await;
+            self.settle(joined);
+        }
+        let outcome = self.outcome.take().unwrap_or_else(|| {
+            ExitOutcome::Lost(format!("no exit status from host `{}`", self.host))
+        });
+        let stderr = self.stderr.take().unwrap_or_default();
         let outcome = if self.killed && outcome != ExitOutcome::Code(0) {
             ExitOutcome::Signal(libc::SIGKILL)
         } else {
