@@ -50,7 +50,7 @@ pub enum Command {
     },
     /// Restore a backup, or verify it end to end with --verify
     #[command(
-        after_help = "Examples:\n  bk restore media latest --identity key.age --to /srv/media.restored\n  bk restore app-db --identity key.age --stdout > app.dump\n  bk restore app-db --identity key.age --pg-target postgresql://postgres@localhost/app_restored\n  bk restore media --identity key.age --verify"
+        after_help = "Examples:\n  bk restore media latest --identity key.age --to /srv/media.restored\n  bk restore app-db --identity key.age --stdout > app.dump\n  bk restore app-db --identity key.age --pg-target postgresql://postgres@localhost/app_restored\n  bk restore shop-db --identity key.age --mysql-target mysql://root@localhost/shop_restored\n  bk restore media --identity key.age --verify"
     )]
     Restore(RestoreArgs),
     /// Restore a backup for real into a scratch target and check it (the job's [restore_test])
@@ -189,6 +189,10 @@ pub struct RestoreArgs {
     /// do not exist on the target server)
     #[arg(long, requires = "pg_target")]
     pub no_owner: bool,
+    /// Restore a mysql backup into the new database this URL names
+    /// (mysql://user@host:3306/NEWDB), created first; dropped again if the restore fails
+    #[arg(long, value_name = "URL", conflicts_with_all = ["to", "stdout", "verify", "pg_target"])]
+    pub mysql_target: Option<String>,
     /// Download, decrypt, decompress and check every hash and entry; write nothing
     #[arg(long)]
     pub verify: bool,

@@ -459,3 +459,93 @@ fn mysqldump_and_mysql_are_used_where_the_mariadb_names_are_missing() {
     ));
     assert!(dump.contains("INSERT INTO `t` VALUES"), "{dump}");
 }
+
+/// A restore test of a mysql job: the backup loaded with the stock client into a
+/// scratch database on a real server, row counts compared with the manifest's, SQL
+/// checks run (a failing one fails the test with its text), the database dropped;
+/// and the operator's `--mysql-target` restore with the same code.
+#[test]
+fn a_mysql_restore_test_loads_counts_checks_and_drops_its_database() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+    let (mut ws, c, replica_cnf, _) = workspace();
+    let db = unique("rt");
+    c.create_database(&db, SHOP);
+    grant_backup_account(c, &db, DOCUMENTED_GRANTS);
+    let socket = c.socket("primary").display().to_string();
+    let target = format!("mysql://root@localhost/?socket={socket}");
+    let identity = ws.identity.display().to_string();
+    for (job, checks) in [
+        (
+            "shop",
+            r#"["SELECT COUNT(*) = 1500 FROM customers", "SELECT double_it(21) = 42"]"#,
+        ),
+        (
+            "shop_strict",
+            r#"["SELECT COUNT(*) > 99999 FROM customers"]"#,
+        ),
+    ] {
+        mysql_job(
+            &mut ws,
+            job,
+            "db",
+            &db,
+            &replica_cnf,
+            &format!(
+                "[jobs.{job}.restore_test]\nidentity = \"{identity}\"\ntarget = \"{target}\"\nchecks = {checks}\n"
+            ),
+        );
+        ws.bk(&["run", job]).ok();
+    }
+    let scratch_left = || {
+        c.primary(
+            None,
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME LIKE 'bk\\_restore\\_test\\_%'",
+        )
+    };
+
+    let report = ws.bk(&["restore-test", "shop", "--json"]).ok().json();
+    assert_eq!(report["status"], "passed", "{report}");
+    assert_eq!(report["tables_checked"], 3, "{report}");
+    assert_eq!(report["rows_restored"], 13_500, "{report}");
+    assert!(
+        report["checks"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2 && c.iter().all(|c| c["passed"] == true)),
+        "{report}"
+    );
+    assert_eq!(scratch_left(), "0");
+
+    let failed = ws
+        .bk(&["restore-test", "shop_strict", "--json"])
+        .fails_with(1);
+    let reason = failed.json()["reason"].as_str().unwrap_or("").to_string();
+    assert!(
+        reason.contains("SELECT COUNT(*) > 99999 FROM customers") && reason.contains("`0`"),
+        "{reason}"
+    );
+    assert_eq!(scratch_left(), "0");
+
+    let restored = format!("{db}_restored");
+    let url = format!("mysql://root@localhost/{restored}?socket={socket}");
+    ws.bk(&[
+        "restore",
+        "shop",
+        "--identity",
+        &identity,
+        "--mysql-target",
+        &url,
+    ])
+    .ok();
+    assert_eq!(c.row_counts(false, &restored), c.row_counts(false, &db));
+    let again = ws
+        .bk(&[
+            "restore",
+            "shop",
+            "--identity",
+            &identity,
+            "--mysql-target",
+            &url,
+        ])
+        .fails_with(1);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+}

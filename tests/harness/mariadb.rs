@@ -127,7 +127,7 @@ impl Cluster {
         spawn_service(cmd).id()
     }
 
-    fn socket(&self, name: &str) -> PathBuf {
+    pub fn socket(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.sock"))
     }
 

@@ -13,7 +13,10 @@ use crate::Failure;
 
 pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
     if let Some(url) = &args.pg_target {
-        return to_postgres(config, &args, url).await;
+        return to_database(config, &args, url, false).await;
+    }
+    if let Some(url) = &args.mysql_target {
+        return to_database(config, &args, url, true).await;
     }
     let sink = match (&args.to, args.stdout, args.verify) {
         (Some(dir), _, _) => Sink::Directory {
@@ -24,7 +27,7 @@ pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
         (None, false, true) => Sink::Verify,
         (None, false, false) => {
             return Err(Failure::Usage(anyhow!(
-            "say where to restore: --to DIR, --stdout, --pg-target URL, or --verify to only check"
+            "say where to restore: --to DIR, --stdout, --pg-target URL, --mysql-target URL, or --verify to only check"
         )))
         }
     };
@@ -70,11 +73,19 @@ pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn to_postgres(config: &Config, args: &RestoreArgs, url: &str) -> Result<(), Failure> {
+async fn to_database(
+    config: &Config,
+    args: &RestoreArgs,
+    url: &str,
+    mysql: bool,
+) -> Result<(), Failure> {
     let repo = super::open_repo(config)?;
     let ids: Vec<&Path> = args.identity.iter().map(|p| p.as_path()).collect();
-    let report =
-        restore::to_postgres(&repo, &args.job, &args.backup, &ids, url, args.no_owner).await?;
+    let report = if mysql {
+        restore::to_mysql(&repo, &args.job, &args.backup, &ids, url).await?
+    } else {
+        restore::to_postgres(&repo, &args.job, &args.backup, &ids, url, args.no_owner).await?
+    };
     if args.json {
         output::json(&report)?;
         return Ok(());

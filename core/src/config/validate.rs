@@ -325,6 +325,17 @@ fn restore_test_target(
                 "{key} must be a postgresql:// URL (e.g. \"postgresql://bk@127.0.0.1/postgres\")"
             ))
         }
+        (JobKind::Mysql, None) => out.push(format!(
+            "{key} is missing: a MariaDB/MySQL server URL where scratch databases may be created \
+             (e.g. \"mysql://bk_restore@127.0.0.1:3306/\")"
+        )),
+        (JobKind::Mysql, Some(url))
+            if !url.starts_with("mysql://") && !url.starts_with("mariadb://") =>
+        {
+            out.push(format!(
+                "{key} must be a mysql:// URL (e.g. \"mysql://bk_restore@127.0.0.1:3306/\")"
+            ))
+        }
         (JobKind::Directory, Some(dir)) if !dir.starts_with('/') => {
             out.push(format!("{key} must be an absolute directory path"))
         }

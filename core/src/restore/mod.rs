@@ -10,6 +10,7 @@
 pub mod compare;
 pub mod download;
 pub mod extract;
+pub mod mysql;
 pub mod postgres;
 pub mod safety;
 pub mod unseal;
@@ -52,14 +53,21 @@ pub enum RestoreError {
     Io { what: String, source: io::Error },
     #[error("backup {backup} is a `{kind}` backup; --to DIR restores only `directory` backups (use --stdout)")]
     NotADirectory { backup: String, kind: String },
-    #[error("backup {backup} is a `{kind}` backup; --pg-target restores only `postgres` backups")]
-    NotADatabase { backup: String, kind: String },
+    #[error("backup {backup} is a `{kind}` backup; --{flag} restores only `{wanted}` backups")]
+    NotADatabase {
+        backup: String,
+        kind: String,
+        flag: &'static str,
+        wanted: &'static str,
+    },
     #[error("the restore thread failed: {0}")]
     Thread(String),
     #[error("the restore was stopped before it finished")]
     Stopped,
     #[error(transparent)]
     Postgres(#[from] postgres::PgTargetError),
+    #[error(transparent)]
+    Mysql(#[from] mysql::MyTargetError),
 }
 
 /// Where restored bytes go.

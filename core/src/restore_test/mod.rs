@@ -4,9 +4,9 @@
 //! (download, check the ciphertext hash, decrypt, decompress, check the plaintext
 //! hash), into a scratch target that fits the job's kind:
 //!
-//! - `postgres`: a fresh scratch database on the test's target server, filled by
-//!   `pg_restore`; then per-table row counts are compared with the manifest's and the
-//!   job's SQL checks run; the database is dropped.
+//! - `postgres` (`mysql`): a fresh scratch database on the test's target server,
+//!   filled by `pg_restore` (the `mariadb` client); then per-table row counts are
+//!   compared with the manifest's and the job's SQL checks run; the database is dropped.
 //! - `directory`: a fresh scratch directory; the extraction is compared with the
 //!   manifest on the stream and then again on disk; the directory is removed.
 //! - `command`: nothing to restore into: every hash is checked.
@@ -15,6 +15,7 @@
 //! that never gets the chance (bk killed) leaves a catalog note that `scratch`
 //! uses to clean up at the next start. Never touches anything it did not create.
 
+mod mysql;
 pub mod on_disk;
 mod postgres;
 pub mod scratch;
@@ -31,6 +32,9 @@ use crate::repo::commit::CommitRecord;
 use crate::repo::Repository;
 use crate::restore::{self, RestoreError, Sink};
 use scratch::Scratch;
+
+/// `table` → rows.
+type RowCounts = std::collections::BTreeMap<String, u64>;
 
 /// What a restore test checked. Stored in the catalog as JSON, printed by
 /// `bk restore-test`, served by the daemon.
@@ -72,6 +76,8 @@ pub enum TestFailure {
     TooLarge { size: u64, limit: u64 },
     #[error(transparent)]
     Target(#[from] crate::restore::postgres::PgTargetError),
+    #[error(transparent)]
+    MysqlTarget(#[from] crate::restore::mysql::MyTargetError),
     #[error("roles of the dump do not exist on the target ({roles}) and restore_test.require_roles is set: create them there first")]
     MissingRoles { roles: String },
     #[error("row counts differ from the manifest: {0}")]
@@ -130,6 +136,9 @@ pub async fn run(
         (Some(Scratch::Postgres { database }), "postgres") => {
             postgres::test(repo, record, identities, test, database, stop, &mut report).await
         }
+        (Some(Scratch::Mysql { database }), "mysql") => {
+            mysql::test(repo, record, identities, test, database, stop, &mut report).await
+        }
         (Some(Scratch::Directory { path }), "directory") => {
             directory(repo, record, identities, path, stop, &mut report).await
         }
@@ -173,7 +182,8 @@ pub fn scratch_for(
                 .unwrap_or_else(|| default_parent.to_path_buf());
             Some(Scratch::directory(&parent, job, test_id))
         }
-        JobKind::Command | JobKind::Mysql => None,
+        JobKind::Mysql => Some(Scratch::mysql_database(job, test_id)),
+        JobKind::Command => None,
     }
 }
 
@@ -209,4 +219,62 @@ async fn directory(
         .map_err(TestFailure::OnDisk)?;
     report.entries_checked = restored.entries_checked.max(on_disk);
     Ok(())
+}
+
+/// Row counts of the restored database against the manifest's. Tables missing or
+/// extra always fail; differing counts fail when the counts were exact (taken in the
+/// dump's own state), and are noted otherwise, since the dump's snapshot may then
+/// legitimately differ from counts taken just before it.
+fn compare_row_counts(
+    expected: &RowCounts,
+    exact: bool,
+    found: &RowCounts,
+    report: &mut TestReport,
+) -> Result<(), TestFailure> {
+    report.tables_checked = found.len() as u64;
+    report.rows_restored = found.values().sum();
+    if let Some(table) = expected.keys().find(|t| !found.contains_key(*t)) {
+        return Err(TestFailure::RowCounts(format!(
+            "table {table} is in the manifest but not in the restored database"
+        )));
+    }
+    if let Some(table) = found.keys().find(|t| !expected.contains_key(*t)) {
+        return Err(TestFailure::RowCounts(format!(
+            "table {table} is in the restored database but not in the manifest"
+        )));
+    }
+    let differing: Vec<String> = expected
+        .iter()
+        .filter(|(t, n)| found.get(*t) != Some(n))
+        .map(|(t, n)| format!("{t}: {} restored, {n} recorded", found[t]))
+        .collect();
+    if differing.is_empty() {
+        return Ok(());
+    }
+    if exact {
+        return Err(TestFailure::RowCounts(differing.join("; ")));
+    }
+    report.notes.push(format!(
+        "row counts differ from those recorded just before the dump ({}); they were not \
+         exact (for postgres, pause_replay = true makes them exact)",
+        differing.join("; ")
+    ));
+    Ok(())
+}
+
+/// The manifest's row counts and whether they are exact, if it recorded any.
+fn recorded_row_counts(
+    header: &crate::repo::manifest::ManifestHeader,
+) -> Result<Option<(RowCounts, bool)>, TestFailure> {
+    let Some(counts) = header.details.get("row_counts") else {
+        return Ok(None);
+    };
+    let counts = serde_json::from_value(counts.clone())
+        .map_err(|e| TestFailure::RowCounts(format!("the manifest's row counts: {e}")))?;
+    let exact = header
+        .details
+        .get("row_counts_exact")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    Ok(Some((counts, exact)))
 }

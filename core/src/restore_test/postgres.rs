@@ -1,7 +1,6 @@
 //! The database half of a `postgres` restore test: roles, scratch database,
 //! `pg_restore`, row counts, SQL checks. The caller drops the scratch database.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -69,58 +68,20 @@ async fn roles(
     Ok(true)
 }
 
-/// Row counts of the restored database against the manifest's. Tables missing or
-/// extra always fail; differing counts fail when the counts were exact (taken while
-/// replay was paused), and are noted otherwise, since the dump's snapshot may then
-/// legitimately differ from counts taken just before it.
+/// Row counts of the restored database against the manifest's.
 async fn compare_row_counts(
     scratch: &PgTarget,
     header: &ManifestHeader,
     report: &mut TestReport,
 ) -> Result<(), TestFailure> {
-    let Some(expected) = header.details.get("row_counts") else {
+    let Some((expected, exact)) = super::recorded_row_counts(header)? else {
         report
             .notes
             .push("the manifest holds no row counts; none compared".into());
         return Ok(());
     };
-    let expected: BTreeMap<String, u64> = serde_json::from_value(expected.clone())
-        .map_err(|e| TestFailure::RowCounts(format!("the manifest's row counts: {e}")))?;
-    let exact = header
-        .details
-        .get("row_counts_exact")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
     let found = scratch.row_counts().await?;
-    report.tables_checked = found.len() as u64;
-    report.rows_restored = found.values().sum();
-    if let Some(table) = expected.keys().find(|t| !found.contains_key(*t)) {
-        return Err(TestFailure::RowCounts(format!(
-            "table {table} is in the manifest but not in the restored database"
-        )));
-    }
-    if let Some(table) = found.keys().find(|t| !expected.contains_key(*t)) {
-        return Err(TestFailure::RowCounts(format!(
-            "table {table} is in the restored database but not in the manifest"
-        )));
-    }
-    let differing: Vec<String> = expected
-        .iter()
-        .filter(|(t, n)| found.get(*t) != Some(n))
-        .map(|(t, n)| format!("{t}: {} restored, {n} recorded", found[t]))
-        .collect();
-    if differing.is_empty() {
-        return Ok(());
-    }
-    if exact {
-        return Err(TestFailure::RowCounts(differing.join("; ")));
-    }
-    report.notes.push(format!(
-        "row counts differ from those recorded before the dump ({}); they were not taken \
-         while replay was paused (pause_replay = true makes them exact)",
-        differing.join("; ")
-    ));
-    Ok(())
+    super::compare_row_counts(&expected, exact, &found, report)
 }
 
 /// Runs every check; the test fails on the first false or failing one, after all ran.

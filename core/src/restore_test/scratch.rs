@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, TestStatus};
 use crate::config::Config;
+use crate::restore::mysql::MyTarget;
 use crate::restore::postgres::PgTarget;
 
 pub const DATABASE_PREFIX: &str = "bk_restore_test_";
@@ -24,6 +25,8 @@ pub const DIRECTORY_PREFIX: &str = "bk-restore-test-";
 pub enum Scratch {
     /// A database on the job's `restore_test.target` server.
     Postgres { database: String },
+    /// A database on the job's `restore_test.target` MariaDB/MySQL server.
+    Mysql { database: String },
     /// A directory, removed with everything in it.
     Directory { path: PathBuf },
 }
@@ -49,6 +52,14 @@ impl Scratch {
         }
     }
 
+    /// The same name on a MariaDB/MySQL server (at most 64 characters there).
+    pub fn mysql_database(job: &str, test_id: i64) -> Scratch {
+        match Scratch::database(job, test_id) {
+            Scratch::Postgres { database } => Scratch::Mysql { database },
+            other => other,
+        }
+    }
+
     /// A fresh scratch directory under `parent` for test `test_id` of `job`.
     pub fn directory(parent: &Path, job: &str, test_id: i64) -> Scratch {
         let random: u32 = rand::random();
@@ -64,7 +75,9 @@ impl Scratch {
     /// What it is, for messages.
     pub fn describe(&self) -> String {
         match self {
-            Scratch::Postgres { database } => format!("scratch database `{database}`"),
+            Scratch::Postgres { database } | Scratch::Mysql { database } => {
+                format!("scratch database `{database}`")
+            }
             Scratch::Directory { path } => format!("scratch directory {}", path.display()),
         }
     }
@@ -80,6 +93,19 @@ impl Scratch {
                 }
                 let url = target.ok_or("the job no longer has a restore_test.target")?;
                 let server = PgTarget::parse(url).map_err(|e| e.to_string())?;
+                server
+                    .drop_database(database)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Scratch::Mysql { database } => {
+                if !database.starts_with(DATABASE_PREFIX) {
+                    return Err(format!(
+                        "refusing to drop `{database}`: not a bk scratch name"
+                    ));
+                }
+                let url = target.ok_or("the job no longer has a restore_test.target")?;
+                let server = MyTarget::parse(url).map_err(|e| e.to_string())?;
                 server
                     .drop_database(database)
                     .await
