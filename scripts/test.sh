@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-deps.sh
 cargo build --workspace --bins
-cargo test --workspace -- --test-threads="${BK_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${BK_TEST_THREADS:-2}"

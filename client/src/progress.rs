@@ -35,18 +35,25 @@ pub fn start(what: &str) -> Option<Bar> {
     let flag = stop.clone();
     let thread = std::thread::spawn(move || {
         let mut shown = false;
-        while !flag.load(Ordering::Relaxed) {
+        let mut update = |bar: &ProgressBar| {
             let total = counters.total();
             if total > 0 {
                 bar.set_length(total);
-                bar.set_position(counters.done());
                 if !shown {
                     bar.set_draw_target(ProgressDrawTarget::stderr());
                     shown = true;
                 }
+                bar.set_position(counters.done());
+                bar.tick();
             }
+        };
+        while !flag.load(Ordering::Relaxed) {
+            update(&bar);
             std::thread::sleep(Duration::from_millis(100));
         }
+        // A run shorter than one tick still shows its final state once before the
+        // bar is cleared, so what the terminal saw matches what was done.
+        update(&bar);
         bar.finish_and_clear();
     });
     Some(Bar {
