@@ -365,6 +365,17 @@ impl Catalog {
         .map(|json| json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
+    /// Adds (or refreshes) cached commit records.
+    pub fn remember_backups(&self, records: &[CommitRecord]) -> Result<()> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            for record in records {
+                insert_backup(&tx, record)?;
+            }
+            tx.commit()
+        })
+    }
+
     /// Replaces the backup cache with exactly `records` (the repository's view).
     pub fn replace_backups(&self, records: &[CommitRecord]) -> Result<()> {
         self.with(|c| {

@@ -265,6 +265,22 @@ impl Repository {
     /// Every committed backup (of one job, or of all), newest first. Objects without a
     /// commit record are not backups and are not listed.
     pub async fn list_commits(&self, job: Option<&str>) -> Result<Vec<CommitRecord>> {
+        Ok(self
+            .list_commits_cached(job, std::collections::HashMap::new())
+            .await?
+            .0)
+    }
+
+    /// `list_commits`, reading only the commit records not already in `known` (by
+    /// backup ID): which backups exist always comes from the store's listing of
+    /// commit records, so a stale cache never shows a removed backup (nor one whose
+    /// commit record is gone) and never hides a new one. Also returns the records
+    /// that had to be read.
+    pub async fn list_commits_cached(
+        &self,
+        job: Option<&str>,
+        mut known: std::collections::HashMap<String, CommitRecord>,
+    ) -> Result<(Vec<CommitRecord>, Vec<CommitRecord>)> {
         let prefix = match job {
             Some(j) => layout::job_prefix(j),
             None => Path::from(layout::BACKUPS),
@@ -283,13 +299,22 @@ impl Repository {
             })
             .try_collect()
             .await?;
-        let mut records: Vec<CommitRecord> = futures::stream::iter(keys)
+        let mut records = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (job, id) in keys {
+            match known.remove(id.as_str()).filter(|r| r.job == job) {
+                Some(r) => records.push(r),
+                None => missing.push((job, id)),
+            }
+        }
+        let read: Vec<CommitRecord> = futures::stream::iter(missing)
             .map(|(job, id)| async move { self.read_commit(&job, &id).await })
             .buffer_unordered(16)
             .try_collect()
             .await?;
+        records.extend(read.iter().cloned());
         records.sort_by(|a, b| b.backup_id.cmp(&a.backup_id));
-        Ok(records)
+        Ok((records, read))
     }
 
     /// Resolves `latest` or an explicit ID to a committed backup of `job`.
