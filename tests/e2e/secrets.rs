@@ -469,3 +469,57 @@ fn no_secret_appears_in_anything_bk_produces() {
         leaks.join("\n")
     );
 }
+
+/// A stolen restore-test identity opens every backup encrypted to its recipient, and
+/// no other: once its recipient is retired, new backups are closed to it.
+#[test]
+fn a_retired_restore_test_identity_opens_old_backups_and_no_new_one() {
+    let mut ws = Workspace::new();
+    let stolen = ws.path().join("restore-test.age");
+    let out =
+        run(Command::new(bk_path()).args(["keygen", "--output", stolen.to_str().unwrap()])).ok();
+    let stolen_recipient = out.stdout.trim().to_string();
+    let src = ws.path().join("media");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a.txt"), "a\n").unwrap();
+    ws.add(&format!(
+        "[jobs.media]\nkind = \"directory\"\npath = \"{}\"\n",
+        src.display()
+    ));
+    let both = fs::read_to_string(&ws.config).unwrap().replace(
+        &format!("recipients = [\"{}\"]", ws.recipient),
+        &format!(
+            "recipients = [\"{}\", \"{stolen_recipient}\"]",
+            ws.recipient
+        ),
+    );
+    fs::write(&ws.config, both).unwrap();
+    ws.bk(&["run", "media"]).ok();
+    ws.add(""); // rewrites the configuration with the master recipient only
+    ws.bk(&["run", "media"]).ok();
+    let ids = ws.backup_ids("media");
+    let (new, old) = (&ids[0], &ids[1]);
+    let commit =
+        |id: &str| fs::read_to_string(ws.backup_dir("media", id).join("commit.json")).unwrap();
+    assert!(commit(old).contains(&stolen_recipient));
+    assert!(!commit(new).contains(&stolen_recipient));
+
+    let verify = |id: &str, identity: &Path| {
+        ws.bk(&[
+            "restore",
+            "media",
+            id,
+            "--identity",
+            identity.to_str().unwrap(),
+            "--verify",
+        ])
+    };
+    verify(old, &stolen).ok();
+    let refused = verify(new, &stolen).fails_with(1);
+    assert!(
+        refused.stderr.contains("wrong identity"),
+        "{}",
+        refused.stderr
+    );
+    verify(new, &ws.identity).ok();
+}
