@@ -44,3 +44,6 @@ if ! command -v garage >/dev/null 2>&1; then
   CARGO_PROFILE_RELEASE_OPT_LEVEL=1 cargo install --quiet garage --locked \
     --no-default-features --features bundled-libs,sqlite
 fi
+
+# cargo-fuzz, for scripts/fuzz.sh (the fuzz targets of fuzz/, run by scripts/test.sh).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --quiet cargo-fuzz --locked

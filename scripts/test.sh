@@ -6,3 +6,6 @@ cd "$(dirname "$0")/.."
 bash scripts/test-deps.sh
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${BK_TEST_THREADS:-2}"
+# Every parser of stored or received data, fuzzed for FUZZ_SECONDS per target (20 by
+# default) from the checked-in corpus: see docs/security.md.
+bash scripts/fuzz.sh
