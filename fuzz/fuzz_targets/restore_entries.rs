@@ -34,5 +34,8 @@ fuzz_target!(|data: &[u8]| {
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .filter(|name| name != "target")
         .collect();
-    assert!(beside.is_empty(), "the restore wrote outside its target: {beside:?}");
+    assert!(
+        beside.is_empty(),
+        "the restore wrote outside its target: {beside:?}"
+    );
 });
