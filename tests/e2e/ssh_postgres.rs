@@ -142,6 +142,42 @@ fn remote_command_failures_carry_exit_status_and_stderr() {
     assert_eq!(restored.stdout, format!("hello from {}", sshd::SOURCE_USER));
 }
 
+/// `bandwidth_limit` on the host caps how fast a run pulls from it, and a job's own
+/// limit overrides the host's; the dump arrives whole either way.
+#[test]
+fn a_bandwidth_limit_slows_the_pull_and_the_dump_arrives_whole() {
+    let sshd = Sshd::shared();
+    let mut ws = Workspace::new();
+    ws.add(&format!(
+        "{}bandwidth_limit = \"2MiB\"\n",
+        sshd.host_toml("box")
+    ));
+    ws.add(
+        "[jobs.host_rate]\nhost = \"box\"\nkind = \"command\"\ncommand = \"head -c 6291456 /dev/zero\"\n\n\
+         [jobs.job_rate]\nhost = \"box\"\nkind = \"command\"\ncommand = \"head -c 3145728 /dev/zero\"\nbandwidth_limit = \"1MiB\"\n",
+    );
+    for (job, bytes, at_least) in [("host_rate", 6usize << 20, 2.9), ("job_rate", 3 << 20, 2.9)] {
+        let started = std::time::Instant::now();
+        ws.bk(&["run", job]).ok();
+        let took = started.elapsed().as_secs_f64();
+        // A lower bound only: a busy machine can make it slower, never faster.
+        assert!(
+            took >= at_least,
+            "{job}: {bytes} bytes pulled in {took:.2}s"
+        );
+        let restored = ws
+            .bk(&[
+                "restore",
+                job,
+                "--identity",
+                ws.identity.to_str().unwrap(),
+                "--stdout",
+            ])
+            .ok();
+        assert_eq!(restored.stdout.len(), bytes, "{job}");
+    }
+}
+
 /// With a multiplexed session, asking for the exit status closes the mux connection
 /// and the master stops copying the channel's data: asked for too early, the end of a
 /// dump was lost while the command still exited 0 (a short dump committed as good).

@@ -28,7 +28,7 @@ use crate::repo::commit::{self, CommitRecord, StoredObject};
 use crate::repo::id::BackupId;
 use crate::repo::manifest::{self, EntrySpool, ManifestHeader};
 use crate::repo::{layout, RepoError, Repository};
-use crate::source::limit::SizeLimit;
+use crate::source::limit::{RateLimit, SizeLimit};
 use crate::source::tar_index::{self, Tee};
 use crate::source::{self, DumpPlan, RunningSource, SourceError, SourceHost};
 
@@ -379,6 +379,9 @@ async fn attempt(
     let stdout = SyncIoBridge::new(running.take_stdout());
     let too_large = Arc::new(AtomicBool::new(false));
     let limit = job.max_size.map(|max| (max, too_large.clone()));
+    let rate = job
+        .bandwidth_limit
+        .or_else(|| config.hosts.get(&job.host).and_then(|h| h.bandwidth_limit));
     let is_tar = plan.kind == JobKind::Directory;
     let payload_key = layout::payload(job_name, &id);
     let sealing = pipeline::seal(
@@ -386,9 +389,13 @@ async fn attempt(
         payload_key.clone(),
         &settings,
         move |out| {
+            let stdout: Box<dyn std::io::Read> = match rate {
+                Some(rate) => Box::new(RateLimit::new(stdout, rate)),
+                None => Box::new(stdout),
+            };
             let stdout: Box<dyn std::io::Read> = match limit {
                 Some((max, flag)) => Box::new(SizeLimit::new(stdout, max, flag)),
-                None => Box::new(stdout),
+                None => stdout,
             };
             let input = BufReader::with_capacity(1 << 20, stdout);
             let mut spool = EntrySpool::new()?;

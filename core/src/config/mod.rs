@@ -134,6 +134,10 @@ pub struct HostConfig {
     /// Keepalive probe interval (ssh's ServerAliveInterval); three missed probes drop the connection.
     #[serde(default = "default_keepalive", with = "humantime_serde")]
     pub keepalive: Duration,
+    /// Bytes per second one run may pull from this host (so a dump does not saturate
+    /// the replica's link or disks). Unset: as fast as the pipeline goes.
+    #[serde(default)]
+    pub bandwidth_limit: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -262,6 +266,10 @@ pub struct JobConfig {
     /// ever, whether broken or compromised, cannot fill the storage. Unset: no limit.
     #[serde(default)]
     pub max_size: Option<ByteSize>,
+    /// Bytes per second this job's runs may pull from their source; overrides the
+    /// host's `bandwidth_limit`. Unset: the host's, or no limit.
+    #[serde(default)]
+    pub bandwidth_limit: Option<ByteSize>,
     /// Which backups to keep when pruning.
     #[serde(default)]
     pub retention: Option<Retention>,

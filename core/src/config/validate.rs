@@ -32,6 +32,11 @@ pub(super) fn problems(config: &Config) -> Vec<String> {
         if host.max_jobs == 0 {
             out.push(format!("hosts.{name}.max_jobs must be at least 1"));
         }
+        if host.bandwidth_limit.is_some_and(|s| s.bytes() == 0) {
+            out.push(format!(
+                "hosts.{name}.bandwidth_limit must be more than 0 bytes per second (leave it out for no limit)"
+            ));
+        }
     }
     if config
         .server
@@ -259,6 +264,11 @@ fn job(config: &Config, name: &str, job: &JobConfig, out: &mut Vec<String>) {
     }
     if job.timeout.is_some_and(|t| t.is_zero()) {
         out.push(format!("{at}.timeout must be longer than 0s"));
+    }
+    if job.bandwidth_limit.is_some_and(|s| s.bytes() == 0) {
+        out.push(format!(
+            "{at}.bandwidth_limit must be more than 0 bytes per second (leave it out for no limit)"
+        ));
     }
     if job.max_size.is_some_and(|s| s.bytes() == 0) {
         out.push(format!("{at}.max_size must be more than 0 bytes"));
