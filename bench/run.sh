@@ -26,6 +26,10 @@ QUIET_WAIT=${BENCH_QUIET_WAIT:-20}   # max seconds to wait for an idle machine b
 # invalidates the debug builds other people run in target/.
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/bench}
 BK=${BENCH_BK:-}   # a prebuilt bk binary: skips the cargo build
+SSH=${BENCH_SSH:-1}           # 1: also back up the data set over SSH (loopback sshd)
+DB_SCALE=${BENCH_DB_SCALE:-40}   # pgbench scale of the PostgreSQL benchmark (0: skip it)
+BIG_GB=${BENCH_BIG_GB:-10}    # size of the long-stream memory run in GiB (0: skip it)
+SCALE=${BENCH_SCALE:-1}       # 1: run bench/scale.sh (listing at 100k backups, 50 jobs/10 hosts)
 
 DATA=$OUT/data
 LOGS=$OUT/logs
@@ -41,12 +45,23 @@ say() { echo "bench: $*" >&2; }
 [[ $LEVEL =~ ^[0-9]+$ ]] || die "BENCH_ZSTD_LEVEL must be a number (got '$LEVEL')"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer (got '$RUNS')"
 [[ $QUIET_WAIT =~ ^[0-9]+$ ]] || die "BENCH_QUIET_WAIT must be a number of seconds (got '$QUIET_WAIT')"
+[[ $SSH == 0 || $SSH == 1 ]] || die "BENCH_SSH must be 0 or 1 (got '$SSH')"
+[[ $DB_SCALE =~ ^[0-9]+$ ]] || die "BENCH_DB_SCALE must be a number (got '$DB_SCALE')"
+[[ $BIG_GB =~ ^[0-9]+$ ]] || die "BENCH_BIG_GB must be a number of GiB (got '$BIG_GB')"
+[[ $SCALE == 0 || $SCALE == 1 ]] || die "BENCH_SCALE must be 0 or 1 (got '$SCALE')"
+
+# Background services (sshd, PostgreSQL) register their stop commands here.
+CLEANUP=()
+cleanup() { local c; for c in "${CLEANUP[@]}"; do eval "$c" || true; done; }
+trap cleanup EXIT
 
 # ------------------------------------------------------------------ 1. tools from Debian
 # command -> Debian package. GNU time (package `time`) is needed for peak RSS and CPU;
 # bash's `time` keyword reports neither.
 declare -A PKG=([age]=age [zstd]=zstd [/usr/bin/time]=time [tar]=tar [python3]=python3)
 if [[ $PEERS == 1 ]]; then PKG[restic]=restic; PKG[borg]=borgbackup; fi
+if [[ $SSH == 1 || $SCALE == 1 ]]; then PKG[/usr/sbin/sshd]=openssh-server; PKG[ssh]=openssh-client; fi
+if ((DB_SCALE > 0)); then PKG[pgbench]=postgresql-15; PKG[pg_dump]=postgresql-client-15; fi
 missing=()
 for cmd in "${!PKG[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG[$cmd]}")
@@ -62,10 +77,11 @@ fi
 if [[ -z $BK ]]; then
     command -v cargo >/dev/null || die "cargo not found (or set BENCH_BK to a prebuilt bk binary)"
     say "building bk (release, CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-    (cd "$ROOT" && cargo build --release --quiet -p bk-client) \
-        || die "cargo build --release -p bk-client failed (see the compiler output above)"
+    (cd "$ROOT" && cargo build --release --quiet -p bk-client -p bk-server) \
+        || die "cargo build --release -p bk-client -p bk-server failed (see the compiler output above)"
     BK=$CARGO_TARGET_DIR/release/bk
 fi
+BK_SERVER=${BENCH_BK_SERVER:-$(dirname "$BK")/bk-server}
 [[ -x $BK ]] || die "no bk binary at $BK"
 
 # ---------------------------------------------------------------------- 3. the data set
@@ -137,8 +153,9 @@ measure() {
             'BEGIN {o = b / hz - u - s; printf "%.1f", (o < 0 ? 0 : o)}')
         size=-
         [[ $output == - ]] || size=$(du -sb --apparent-size "$output" | cut -f1)
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-            "$tool" "$op" "$run" "$wall" "$user" "$sys" "$rss" "$size" "$other" >>"$ROWS"
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+            "$tool" "$op" "$run" "$wall" "$user" "$sys" "$rss" "$size" "$other" \
+            "${STEP_BYTES:-$DATA_BYTES}" >>"$ROWS"
     done
 }
 
@@ -241,6 +258,152 @@ if [[ $PEERS == 1 ]]; then
     rm -rf "$RESTORED" "$OUT/borg" "$BORG_BASE_DIR"
 fi
 
+# free_port: a TCP port on 127.0.0.1 nobody listens on right now.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# wait_port PORT WHAT: until something accepts connections on 127.0.0.1:PORT (20 s).
+wait_port() {
+    local i
+    for ((i = 0; i < 200; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "$2 did not start listening on 127.0.0.1:$1 (see $LOGS)"
+}
+
+# ------------------------------------------------------------- 4d. the same over SSH
+# A loopback sshd stands in for the source host: bk pulls the data set with a
+# `directory` job on an SSH host, the shell with `ssh SRC 'tar cf - DIR' | zstd | age`.
+# Both use the system OpenSSH client with its default cipher; root logs in with a key.
+if [[ $SSH == 1 ]]; then
+    SSHW=$OUT/ssh
+    rm -rf "$SSHW" && mkdir -p "$SSHW" && chmod 700 "$SSHW"
+    ssh-keygen -q -t ed25519 -N '' -C bk-bench-host -f "$SSHW/host_key"
+    ssh-keygen -q -t ed25519 -N '' -C bk-bench-client -f "$SSHW/client_key"
+    cp "$SSHW/client_key.pub" "$SSHW/authorized_keys"
+    SSH_PORT=$(free_port)
+    cat >"$SSHW/sshd_config" <<EOF
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey $SSHW/host_key
+PidFile none
+UsePAM no
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+AuthorizedKeysFile $SSHW/authorized_keys
+MaxSessions 16
+EOF
+    mkdir -p /run/sshd && chmod 755 /run/sshd
+    /usr/sbin/sshd -D -e -f "$SSHW/sshd_config" 2>"$LOGS/sshd.log" &
+    CLEANUP+=("kill $!")
+    wait_port "$SSH_PORT" sshd
+    echo "[127.0.0.1]:$SSH_PORT $(cut -d' ' -f1,2 "$SSHW/host_key.pub")" >"$SSHW/known_hosts"
+    cat >>"$BKW/bk.toml" <<EOF
+
+[hosts.src]
+address = "127.0.0.1"
+port = $SSH_PORT
+user = "root"
+key = "$SSHW/client_key"
+known_hosts = "$SSHW/known_hosts"
+
+[jobs.remote]
+host = "src"
+kind = "directory"
+path = "$DATA"
+EOF
+    SSH_OP="backup over SSH"
+    measure bk "$SSH_OP" "$BKW/repo" bk-ssh-backup.log \
+        'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
+        "$BK" --config "$BKW/bk.toml" run remote
+    measure shell "$SSH_OP" "$SH/ssh.tar.zst.age" shell-ssh-backup.log 'fresh "$SH"' -- \
+        bash -o pipefail -c 'ssh -i "$1" -p "$2" -o UserKnownHostsFile="$3" -o StrictHostKeyChecking=yes \
+            -o BatchMode=yes root@127.0.0.1 "$4" | zstd -q -"$5" -T0 | age -r "$6" >"$7"' \
+        _ "$SSHW/client_key" "$SSH_PORT" "$SSHW/known_hosts" "tar cf - -C $DATA ." "$LEVEL" "$RECIPIENT" \
+        "$SH/ssh.tar.zst.age"
+    rm -rf "$SH"
+fi
+
+# -------------------------------------------------------------------- 4e. PostgreSQL
+# A throwaway PostgreSQL cluster (run as the postgres user) with a pgbench database of
+# scale $DB_SCALE. bk runs a `postgres` job on the local host (allow_primary: there is
+# no replica here), which besides pg_dump also checks the server, dumps the globals
+# and counts every table's rows; the shell runs `pg_dump -Fc -Z0 | zstd | age`.
+if ((DB_SCALE > 0)); then
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)
+    [[ -x $PGBIN/initdb ]] || die "no PostgreSQL server binaries under /usr/lib/postgresql"
+    PGW=$(mktemp -d /tmp/bk-bench-pg.XXXXXX)
+    chown postgres: "$PGW"
+    PG_PORT=$(free_port)
+    pg() { runuser -u postgres -- "$@"; }
+    pg "$PGBIN/initdb" -D "$PGW/data" -A trust -U postgres >"$LOGS/pg-initdb.log" 2>&1 \
+        || die "initdb failed (see $LOGS/pg-initdb.log)"
+    pg "$PGBIN/pg_ctl" -D "$PGW/data" -l "$PGW/server.log" -w \
+        -o "-p $PG_PORT -k $PGW -c listen_addresses='' -c fsync=off" start >"$LOGS/pg-start.log" 2>&1 \
+        || die "PostgreSQL did not start (see $PGW/server.log)"
+    CLEANUP+=("runuser -u postgres -- '$PGBIN/pg_ctl' -D '$PGW/data' -m immediate stop >/dev/null 2>&1; rm -rf '$PGW'")
+    say "postgres: pgbench -i -s $DB_SCALE (not timed)"
+    pg "$PGBIN/createdb" -h "$PGW" -p "$PG_PORT" bench
+    pg "$PGBIN/pgbench" -i -q -s "$DB_SCALE" -h "$PGW" -p "$PG_PORT" bench >"$LOGS/pgbench.log" 2>&1 \
+        || die "pgbench -i failed (see $LOGS/pgbench.log)"
+    PGDUMP="$PGBIN/pg_dump"
+    DB_BYTES=$("$PGDUMP" -Fc -Z0 -h "$PGW" -p "$PG_PORT" -U postgres bench | wc -c)
+    say "postgres: the uncompressed custom-format dump is $DB_BYTES bytes"
+    cat >>"$BKW/bk.toml" <<EOF
+
+[jobs.db]
+kind = "postgres"
+database = "bench"
+conninfo = "host=$PGW port=$PG_PORT user=postgres"
+allow_primary = true
+EOF
+    DB_OP="backup of a database (pg_dump)"
+    STEP_BYTES=$DB_BYTES measure bk "$DB_OP" "$BKW/repo" bk-db-backup.log \
+        'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
+        env PATH="$PGBIN:$PATH" "$BK" --config "$BKW/bk.toml" run db
+    STEP_BYTES=$DB_BYTES measure shell "$DB_OP" "$OUT/db.dump.zst.age" shell-db-backup.log : -- \
+        bash -o pipefail -c '"$1" -Fc -Z0 -h "$2" -p "$3" -U postgres bench | zstd -q -"$4" -T0 | age -r "$5" >"$6"' \
+        _ "$PGDUMP" "$PGW" "$PG_PORT" "$LEVEL" "$RECIPIENT" "$OUT/db.dump.zst.age"
+    rm -f "$OUT/db.dump.zst.age"
+fi
+
+# ------------------------------------------------------------ 4f. a long stream: memory
+# A $BIG_GB GiB stream (the data set's tar, repeated) through a `command` job, backed up
+# and then restored with --verify, once each: peak RSS must not grow with the stream.
+if ((BIG_GB > 0)); then
+    BIG_BYTES=$((BIG_GB << 30))
+    cat >"$OUT/stream.sh" <<EOF
+#!/bin/bash
+# $BIG_GB GiB: the data set's tar stream, over and over, cut at the size.
+for ((i = 0; i <= $BIG_BYTES / $DATA_BYTES; i++)); do tar cf - -C "$DATA" .; done | head -c $BIG_BYTES
+EOF
+    chmod 755 "$OUT/stream.sh"
+    cat >>"$BKW/bk.toml" <<EOF
+
+[jobs.big]
+kind = "command"
+command = "$OUT/stream.sh"
+EOF
+    BIG_OP="backup of a $BIG_GB GiB stream"
+    STEP_BYTES=$BIG_BYTES RUNS=1 measure bk "$BIG_OP" "$BKW/repo" bk-big-backup.log \
+        'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
+        "$BK" --config "$BKW/bk.toml" run big
+    STEP_BYTES=$BIG_BYTES RUNS=1 measure bk "restore --verify of a $BIG_GB GiB stream" - bk-big-verify.log : -- \
+        "$BK" --config "$BKW/bk.toml" restore big latest --identity "$BKW/identity.age" --verify
+    rm -rf "$BKW/repo"
+fi
+
+# ------------------------------------------------------------------------- 4g. scale
+if [[ $SCALE == 1 ]]; then
+    say "scale: bench/scale.sh"
+    BK=$BK BK_SERVER=$BK_SERVER bash "$BENCH_DIR/scale.sh" "$OUT/scale" >&2 \
+        || die "bench/scale.sh failed"
+else
+    rm -f "$OUT/scale/scale.md"
+fi
+
 # ----------------------------------------------------------------------------- 5. report
 versions() {
     local rev
@@ -252,6 +415,8 @@ versions() {
     echo "- $(zstd --version 2>&1 | head -n1)"
     echo "- age $(age --version 2>&1 | head -n1)"
     echo "- $(tar --version | head -n1)"
+    [[ $SSH == 0 ]] || echo "- $(ssh -V 2>&1 | head -n1)"
+    ((DB_SCALE == 0)) || echo "- $("$PGBIN/pg_dump" --version)"
     if [[ $PEERS == 1 ]]; then
         echo "- $(restic version 2>&1 | head -n1) (repository v2, compression auto)"
         echo "- $(borg --version 2>&1 | head -n1) (repokey-blake2, zstd,$LEVEL)"
@@ -259,20 +424,20 @@ versions() {
     echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores; $(uname -sr)"
 }
 python3 - "$ROWS" "$DATA_BYTES" "$DATA_FILES" "$SIZE_MB" "$RUNS" "$OUT/results.md" \
-    "$(versions)" "$(date -u '+%Y-%m-%d %H:%M UTC')" <<'EOF'
-import statistics, sys
+    "$(versions)" "$(date -u '+%Y-%m-%d %H:%M UTC')" "$OUT/scale/scale.md" <<'EOF'
+import os, statistics, sys
 
-rows_path, data_bytes, files, size_mb, runs, out_path, versions, when = sys.argv[1:]
+rows_path, data_bytes, files, size_mb, runs, out_path, versions, when, scale = sys.argv[1:]
 data_bytes, files, runs = int(data_bytes), int(files), int(runs)
 
 # All runs of each (tool, operation), in the order they ran.
 steps = {}
 for line in open(rows_path):
-    tool, op, run, wall, user, sys_, rss, size, other = line.rstrip("\n").split("\t")
+    tool, op, run, wall, user, sys_, rss, size, other, nbytes = line.rstrip("\n").split("\t")
     steps.setdefault((tool, op), []).append(dict(
         tool=tool, op=op, wall=float(wall), cpu=float(user) + float(sys_),
         rss=int(rss) / 1024, size=None if size == "-" else int(size) / 2**20,
-        other=float(other)))
+        other=float(other), bytes=int(nbytes)))
 
 # Keep the median run by wall time (the lower median for an even count), and its spread.
 rows = []
@@ -285,7 +450,7 @@ for (tool, op), all_runs in steps.items():
     rows.append(r)
 
 def mbps(r):
-    return data_bytes / 1e6 / max(r["wall"], 0.001)
+    return r["bytes"] / 1e6 / max(r["wall"], 0.001)
 
 def find(tool, op):
     return next((r for r in rows if r["tool"] == tool and r["op"] == op), None)
@@ -302,9 +467,12 @@ def versus(r):
     x = mbps(bk) / mbps(r)
     return "bk is %.2f× faster" % x if x >= 1 else "bk is %.2f× slower" % (1 / x)
 
-order = {"backup": 0, "verify (read all, write nothing)": 1, "restore to directory": 2}
+# Operations in the order they ran; tools in a fixed order within each.
+order = {}
+for (tool, op) in steps:
+    order.setdefault(op, len(order))
 tools = {"bk": 0, "shell": 1, "restic": 2, "borg": 3}
-rows.sort(key=lambda r: (order.get(r["op"], 9), tools.get(r["tool"], 9)))
+rows.sort(key=lambda r: (order[r["op"]], tools.get(r["tool"], 9)))
 
 head = ["tool", "operation", "MB/s", "wall s", "wall range s", "CPU s", "peak RSS MiB",
         "output MiB", "vs shell / vs bk", "other CPU s"]
@@ -325,7 +493,9 @@ md = "\n".join([
     "",
     *table,
     "",
-    "- MB/s = data set size (10^6 bytes) / wall time of the median run. CPU s = user + "
+    "- MB/s = input size (10^6 bytes) / wall time of the median run: the data set for "
+    "backups and restores of it, the uncompressed custom-format dump (`pg_dump -Fc -Z0`) "
+    "for the database, the stream's size for the long stream. CPU s = user + "
     "system, children included. Peak RSS: highest over the runs; for a shell pipeline it "
     "is the largest single process, not the sum. Output = repository or file size "
     "(apparent bytes).",
@@ -343,6 +513,8 @@ md = "\n".join([
     versions,
     "",
 ])
+if os.path.exists(scale):
+    md += "\n" + open(scale).read()
 open(out_path, "w").write(md)
 print(md)
 EOF

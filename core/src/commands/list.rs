@@ -46,8 +46,9 @@ pub async fn list(repo: &Repository, job: Option<&str>) -> Result<Vec<Listed>, R
 
 /// `list`, with the catalog (when there is one) as a cache of commit records: the
 /// repository's listing still decides what exists; only records the catalog lacks
-/// are read from storage, and are then added to it. 100,000 backups list in about a
-/// second instead of reading 100,000 objects.
+/// are read from storage, and are then added to it. With 100,000 backups in a local
+/// repository that halves the time (bench/scale.sh: ~10 s without the catalog, ~5.7 s
+/// with it); what remains is listing the store's 300,000 objects.
 pub async fn list_cached(
     repo: &Repository,
     job: Option<&str>,
