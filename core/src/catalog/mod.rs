@@ -103,6 +103,22 @@ pub struct Catalog {
     path: PathBuf,
 }
 
+/// The tables whose rows track something running (see `Catalog::start_exclusive`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Table {
+    Runs,
+    RestoreTests,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Runs => "runs",
+            Table::RestoreTests => "restore_tests",
+        }
+    }
+}
+
 impl Catalog {
     /// Opens (creating with 0600 in a 0700 directory if needed) and migrates the catalog.
     pub fn open(path: &Path) -> Result<Catalog> {
@@ -191,13 +207,27 @@ impl Catalog {
     /// way round): then that run is returned and nothing is recorded. Check and insert
     /// happen in one write transaction, so two processes cannot both start.
     pub fn start_run_exclusive(&self, job: &str, trigger: &str) -> Result<Result<i64, Busy>> {
+        self.start_exclusive(Table::Runs, job, trigger)
+    }
+
+    /// Inserts a `running` row for `job` into `table` in one write transaction, unless
+    /// a row of the same job is still `running` for a live process on this machine
+    /// (then that one is returned and nothing is inserted). Shared by runs and
+    /// restore tests.
+    pub(crate) fn start_exclusive(
+        &self,
+        table: Table,
+        job: &str,
+        trigger: &str,
+    ) -> Result<Result<i64, Busy>> {
+        let table = table.name();
         let writer = hostname();
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let running: Vec<Busy> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, pid, trigger FROM runs WHERE job = ?1 AND status = 'running' AND writer = ?2",
-                )?;
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT id, pid, trigger FROM {table} WHERE job = ?1 AND status = 'running' AND writer = ?2"
+                ))?;
                 let rows = stmt.query_map(params![job, writer], |r| {
                     Ok(Busy {
                         run: r.get(0)?,
@@ -211,7 +241,9 @@ impl Catalog {
                 return Ok(Err(busy));
             }
             tx.execute(
-                "INSERT INTO runs (job, started, status, trigger, writer, pid) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+                &format!(
+                    "INSERT INTO {table} (job, started, status, trigger, writer, pid) VALUES (?1, ?2, 'running', ?3, ?4, ?5)"
+                ),
                 params![job, Utc::now().to_rfc3339(), trigger, writer, std::process::id()],
             )?;
             let id = tx.last_insert_rowid();

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
-use super::{hostname, parse_time, process_alive, Busy, Catalog, Result};
+use super::{hostname, parse_time, process_alive, Busy, Catalog, Result, Table};
 
 /// How a restore test ended (or that it has not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -88,34 +88,7 @@ impl Catalog {
     /// Records that a restore test of `job` started, unless one is still going in
     /// another live process on this machine (then that one is returned).
     pub fn start_restore_test(&self, job: &str, trigger: &str) -> Result<Result<i64, Busy>> {
-        let writer = hostname();
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let running: Vec<Busy> = {
-                let mut stmt = tx.prepare(
-                    "SELECT id, pid, trigger FROM restore_tests WHERE job = ?1 AND status = 'running' AND writer = ?2",
-                )?;
-                let rows = stmt.query_map(params![job, writer], |r| {
-                    Ok(Busy {
-                        run: r.get(0)?,
-                        pid: r.get(1)?,
-                        trigger: r.get(2)?,
-                    })
-                })?;
-                rows.collect::<rusqlite::Result<_>>()?
-            };
-            if let Some(busy) = running.into_iter().find(|b| process_alive(b.pid)) {
-                return Ok(Err(busy));
-            }
-            tx.execute(
-                "INSERT INTO restore_tests (job, started, status, trigger, writer, pid)
-                 VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
-                params![job, Utc::now().to_rfc3339(), trigger, writer, std::process::id()],
-            )?;
-            let id = tx.last_insert_rowid();
-            tx.commit()?;
-            Ok(Ok(id))
-        })
+        self.start_exclusive(Table::RestoreTests, job, trigger)
     }
 
     /// Notes the backup under test and the scratch resource, *before* it is created.
