@@ -221,6 +221,27 @@ async fn directory(
     Ok(())
 }
 
+/// Adds one SQL check's outcome to the report. Every check runs; the first one that
+/// failed (false, or an error) is the test's failure, kept in `first_failure`.
+fn record_check(
+    sql: &str,
+    outcome: Result<(), String>,
+    report: &mut TestReport,
+    first_failure: &mut Option<TestFailure>,
+) {
+    if let (Err(reason), None) = (&outcome, &first_failure) {
+        *first_failure = Some(TestFailure::Check {
+            sql: sql.to_string(),
+            reason: reason.clone(),
+        });
+    }
+    report.checks.push(CheckOutcome {
+        sql: sql.to_string(),
+        passed: outcome.is_ok(),
+        detail: outcome.err(),
+    });
+}
+
 /// Row counts of the restored database against the manifest's. Tables missing or
 /// extra always fail; differing counts fail when the counts were exact (taken in the
 /// dump's own state), and are noted otherwise, since the dump's snapshot may then

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{CheckOutcome, TestFailure, TestReport};
+use super::{TestFailure, TestReport};
 use crate::config::RestoreTestConfig;
 use crate::keys::Identity;
 use crate::repo::commit::CommitRecord;
@@ -93,20 +93,7 @@ async fn run_checks(
     let mut first_failure = None;
     for sql in checks {
         let outcome = scratch.check(sql).await?;
-        if let (Err(reason), None) = (&outcome, &first_failure) {
-            first_failure = Some(TestFailure::Check {
-                sql: sql.clone(),
-                reason: reason.clone(),
-            });
-        }
-        report.checks.push(CheckOutcome {
-            sql: sql.clone(),
-            passed: outcome.is_ok(),
-            detail: outcome.err(),
-        });
+        super::record_check(sql, outcome, report, &mut first_failure);
     }
-    match first_failure {
-        Some(f) => Err(f),
-        None => Ok(()),
-    }
+    first_failure.map_or(Ok(()), Err)
 }
