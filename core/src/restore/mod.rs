@@ -404,3 +404,25 @@ pub(crate) fn is_stopped(e: &io::Error) -> bool {
     }
     false
 }
+
+/// A database restore target's URL, if `url` parses and has one of `schemes`.
+pub(crate) fn target_url(url: &str, schemes: &[&str]) -> Option<url::Url> {
+    url::Url::parse(url)
+        .ok()
+        .filter(|u| schemes.contains(&u.scheme()))
+}
+
+/// A restore target's server for messages: no credentials, no database.
+pub(crate) fn target_server(url: &url::Url) -> String {
+    let mut u = url.clone();
+    u.set_path("");
+    crate::repo::redact_url(u.as_str())
+}
+
+/// A percent-encoded URL part (database name, user, password), decoded; invalid
+/// escapes are kept as they are.
+pub(crate) fn url_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}

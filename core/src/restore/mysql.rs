@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
+use super::url_decode;
 use super::{RestoreError, RestoreReport, Sink};
 use crate::keys::Identity;
 use crate::repo::commit::CommitRecord;
@@ -52,24 +53,20 @@ impl std::fmt::Debug for MyTarget {
 
 impl MyTarget {
     pub fn parse(url: &str) -> Result<MyTarget, MyTargetError> {
-        let parsed = url::Url::parse(url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "mysql" | "mariadb"))
+        let parsed = super::target_url(url, &["mysql", "mariadb"])
             .ok_or_else(|| MyTargetError::BadUrl(redact_url(url)))?;
         Ok(MyTarget { url: parsed })
     }
 
     /// The server, without credentials, for messages.
     pub fn server(&self) -> String {
-        let mut u = self.url.clone();
-        u.set_path("");
-        redact_url(u.as_str())
+        super::target_server(&self.url)
     }
 
     /// The database the URL names, if any.
     pub fn database(&self) -> Option<String> {
         let path = self.url.path().trim_start_matches('/');
-        (!path.is_empty()).then(|| decode(path))
+        (!path.is_empty()).then(|| url_decode(path))
     }
 
     /// The client's `[client]` options for this URL (user, password, host, port, socket).
@@ -79,11 +76,11 @@ impl MyTarget {
         if !self.url.username().is_empty() {
             text.push_str(&format!(
                 "user=\"{}\"\n",
-                value(&decode(self.url.username()))
+                value(&url_decode(self.url.username()))
             ));
         }
         if let Some(p) = self.url.password() {
-            text.push_str(&format!("password=\"{}\"\n", value(&decode(p))));
+            text.push_str(&format!("password=\"{}\"\n", value(&url_decode(p))));
         }
         if let Some(h) = self.url.host_str().filter(|h| !h.is_empty()) {
             text.push_str(&format!("host=\"{}\"\n", value(h)));
@@ -332,27 +329,6 @@ fn ident(name: &str) -> String {
 /// A quoted string literal.
 fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        if let (b'%', Some(hex)) = (bytes[i], hex) {
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

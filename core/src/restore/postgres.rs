@@ -53,18 +53,14 @@ impl std::fmt::Debug for PgTarget {
 
 impl PgTarget {
     pub fn parse(url: &str) -> Result<PgTarget, PgTargetError> {
-        let parsed = url::Url::parse(url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "postgresql" | "postgres"))
+        let parsed = super::target_url(url, &["postgresql", "postgres"])
             .ok_or_else(|| PgTargetError::BadUrl(redact_url(url)))?;
         Ok(PgTarget { url: parsed })
     }
 
     /// The server, without credentials, for messages.
     pub fn server(&self) -> String {
-        let mut u = self.url.clone();
-        u.set_path("");
-        redact_url(u.as_str())
+        super::target_server(&self.url)
     }
 
     /// The database the URL names (`postgres` when it names none).
@@ -73,7 +69,7 @@ impl PgTarget {
         if path.is_empty() {
             "postgres".into()
         } else {
-            percent_decode(path)
+            super::url_decode(path)
         }
     }
 
@@ -359,27 +355,6 @@ fn ident(name: &str) -> String {
 /// A quoted SQL string literal.
 fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        if let (b'%', Some(hex)) = (bytes[i], hex) {
-            if let Ok(b) = u8::from_str_radix(hex, 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
