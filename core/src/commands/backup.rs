@@ -8,7 +8,6 @@
 //! Never commits a backup whose source did not exit successfully.
 
 use std::collections::BTreeMap;
-use std::io::BufReader;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use crate::catalog::{Catalog, CatalogError, RunStatus};
 use crate::config::{ByteSize, Config, JobConfig, JobKind};
 pub use crate::error_chain;
 use crate::keys::{self, KeyError};
+use crate::pipeline::handoff::ReadAhead;
 use crate::pipeline::{self, hash::copy_large, PipelineError, SealSettings};
 use crate::repo::commit::{self, CommitRecord, StoredObject};
 use crate::repo::id::BackupId;
@@ -72,6 +72,10 @@ pub enum BackupError {
 /// How long a cancelled run waits for its pipeline to wind down after the source was
 /// stopped, before abandoning it (the upload is then never completed).
 pub const CANCEL_DRAIN: Duration = Duration::from_secs(15);
+
+/// The source's bytes are read ahead in blocks of 1 MiB, at most 4 waiting.
+const SOURCE_BLOCK: usize = 1 << 20;
+const SOURCE_DEPTH: usize = 4;
 
 /// A finished run: its catalog ID (if a catalog was given) and its result.
 #[derive(Debug)]
@@ -389,15 +393,17 @@ async fn attempt(
         payload_key.clone(),
         &settings,
         move |out| {
-            let stdout: Box<dyn std::io::Read> = match rate {
+            let stdout: Box<dyn std::io::Read + Send> = match rate {
                 Some(rate) => Box::new(RateLimit::new(stdout, rate)),
                 None => Box::new(stdout),
             };
-            let stdout: Box<dyn std::io::Read> = match limit {
+            let stdout: Box<dyn std::io::Read + Send> = match limit {
                 Some((max, flag)) => Box::new(SizeLimit::new(stdout, max, flag)),
                 None => stdout,
             };
-            let input = BufReader::with_capacity(1 << 20, stdout);
+            // The source is read on a thread of its own, so waiting for the next bytes
+            // never holds up parsing, hashing and compressing the ones already here.
+            let input = ReadAhead::spawn("bk-source", stdout, SOURCE_BLOCK, SOURCE_DEPTH)?;
             let mut spool = EntrySpool::new()?;
             if is_tar {
                 tar_index::index(Tee::new(input, out), &mut spool)?;

@@ -1,22 +1,23 @@
 //! The backup data path, streaming end to end with bounded memory:
 //!
 //! ```text
-//! plaintext ─▶ hash ─▶ zstd (worker threads) ─▶ age ─▶ hash ─▶ chunks ═channel═▶ multipart upload
-//! └──────────────── one blocking thread (+ zstd's workers) ───────────┘         └─ async task ─┘
+//! plaintext ─▶ hash ─▶ zstd (worker threads) ═▶ age ─▶ hash ─▶ chunks ═channel═▶ multipart upload
+//! └─ blocking thread (+ zstd's workers) ─┘  └─ encrypt thread ──┘         └─ async task ─┘
 //! ```
 //!
-//! `seal` runs the CPU-bound stages on a blocking thread (never on the async
-//! runtime's workers) and the upload as an async task; the bounded channel between
-//! them carries backpressure from storage back to the source. The upload is left
+//! `seal` runs the CPU-bound stages on two threads of their own (never on the async
+//! runtime's workers) and the upload as an async task; the bounded hand-offs between
+//! them carry backpressure from storage back to the source. The upload is left
 //! pending: the caller completes it only after checking the source's exit status.
 
 pub mod chunks;
 pub mod compress;
 pub mod encrypt;
+pub mod handoff;
 pub mod hash;
 pub mod upload;
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
 
 use object_store::path::Path;
@@ -30,6 +31,11 @@ pub use upload::PendingUpload;
 
 /// Chunks (1 MiB each) queued between the pipeline thread and the uploader.
 const CHANNEL_DEPTH: usize = 8;
+
+/// Blocks of compressed bytes (1 MiB each) queued between the compressing thread and
+/// the encrypting one.
+const ENCRYPT_BLOCK: usize = 1 << 20;
+const ENCRYPT_DEPTH: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -92,16 +98,16 @@ where
     let sealing = tokio::task::spawn_blocking(move || -> io::Result<(T, Digest, Digest)> {
         let cipher = hash::HashingWriter::new(chunks::ChunkSender::new(tx));
         let encrypted = encrypt::encryptor(cipher, &recipients)?;
-        let compressed = compress::compressor(encrypted, &compression)?;
+        // age and the ciphertext hash run on a thread of their own, beside compression.
+        let encrypting =
+            handoff::WriteBehind::spawn("bk-encrypt", encrypted, ENCRYPT_BLOCK, ENCRYPT_DEPTH)?;
+        let compressed = compress::compressor(encrypting, &compression)?;
         let mut plain = hash::HashingWriter::new(compressed);
-        let output = {
-            let mut buffered = BufWriter::with_capacity(1 << 20, &mut plain);
-            let output = feed(&mut buffered)?;
-            buffered.flush()?;
-            output
-        };
+        // No buffer here: zstd keeps its own input buffer, and `feed` writes in blocks.
+        let output = feed(&mut plain)?;
+        plain.flush()?;
         let (compressed, plain_digest) = plain.into_parts();
-        let cipher = compressed.finish()?.finish()?;
+        let cipher = compressed.finish()?.finish()?.finish()?;
         let (chunks, cipher_digest) = cipher.into_parts();
         chunks.finish()?;
         Ok((output, plain_digest, cipher_digest))

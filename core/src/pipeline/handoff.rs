@@ -1,0 +1,312 @@
+//! Hand-offs between threads, so that the stages of a data path run side by side
+//! instead of one after the other on one thread (as a shell pipeline's processes do).
+//!
+//! `ReadAhead` runs a reader on a thread of its own and hands its bytes over in blocks;
+//! `WriteBehind` runs a writer on a thread of its own and hands it the bytes written.
+//! Both hold a bounded number of blocks (`depth`), so memory stays flat and a slow stage
+//! pushes back on the ones before it. Blocks are recycled, not reallocated.
+//!
+//! Errors cross over whole: a `ReadAhead` returns its reader's error after the bytes read
+//! before it; a `WriteBehind` returns its writer's error from the next write (or from
+//! `finish`). Dropping either end stops the other at its next block.
+
+use std::io::{self, BufRead, Read, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::thread::{self, JoinHandle};
+
+/// One block handed over: the buffer and how many of its bytes are data.
+type Block = (Vec<u8>, usize);
+
+fn stopped(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        format!("the {what} thread stopped"),
+    )
+}
+
+/// A reader whose inner reader runs ahead on its own thread.
+pub struct ReadAhead {
+    blocks: Receiver<io::Result<Block>>,
+    recycle: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    len: usize,
+    pos: usize,
+    state: ReadState,
+    name: &'static str,
+}
+
+#[derive(PartialEq)]
+enum ReadState {
+    Open,
+    Ended,
+    Failed,
+}
+
+impl ReadAhead {
+    /// Starts a thread called `name` that reads `inner` into blocks of `block` bytes, at
+    /// most `depth` of them waiting to be read.
+    pub fn spawn<R: Read + Send + 'static>(
+        name: &'static str,
+        mut inner: R,
+        block: usize,
+        depth: usize,
+    ) -> io::Result<ReadAhead> {
+        let (tx, blocks) = mpsc::sync_channel::<io::Result<Block>>(depth);
+        let (recycle, recycled) = mpsc::sync_channel::<Vec<u8>>(depth + 2);
+        thread::Builder::new()
+            .name(name.into())
+            .spawn(move || loop {
+                let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0; block]);
+                let read = loop {
+                    match inner.read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                let end = !matches!(read, Ok(n) if n > 0);
+                if tx.send(read.map(|n| (buf, n))).is_err() || end {
+                    return;
+                }
+            })?;
+        Ok(ReadAhead {
+            blocks,
+            recycle,
+            current: Vec::new(),
+            len: 0,
+            pos: 0,
+            state: ReadState::Open,
+            name,
+        })
+    }
+}
+
+impl BufRead for ReadAhead {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.pos == self.len && self.state == ReadState::Open {
+            let done = std::mem::take(&mut self.current);
+            (self.len, self.pos) = (0, 0);
+            if done.capacity() > 0 {
+                // The reader thread allocates a new block if this one is not back in time.
+                let _ = self.recycle.try_send(done);
+            }
+            match self.blocks.recv() {
+                Ok(Ok((_, 0))) => self.state = ReadState::Ended,
+                Ok(Ok((buf, n))) => (self.current, self.len, self.pos) = (buf, n, 0),
+                Ok(Err(e)) => {
+                    self.state = ReadState::Failed;
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.state = ReadState::Failed;
+                    return Err(stopped(self.name));
+                }
+            }
+        }
+        match self.state {
+            ReadState::Failed => Err(stopped(self.name)),
+            _ => Ok(&self.current[self.pos..self.len]),
+        }
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.len);
+    }
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+/// A writer whose inner writer runs behind on its own thread. Call `finish` to wait for
+/// every byte to be written and get the inner writer back.
+pub struct WriteBehind<W> {
+    buf: Vec<u8>,
+    block: usize,
+    tx: Option<SyncSender<Vec<u8>>>,
+    recycled: Receiver<Vec<u8>>,
+    thread: Option<JoinHandle<io::Result<W>>>,
+    name: &'static str,
+}
+
+impl<W: Write + Send + 'static> WriteBehind<W> {
+    /// Starts a thread called `name` that writes into `inner` what this writer is given,
+    /// in blocks of `block` bytes, at most `depth` of them waiting.
+    pub fn spawn(
+        name: &'static str,
+        mut inner: W,
+        block: usize,
+        depth: usize,
+    ) -> io::Result<WriteBehind<W>> {
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(depth);
+        let (recycle, recycled) = mpsc::sync_channel::<Vec<u8>>(depth + 2);
+        let thread = thread::Builder::new()
+            .name(name.into())
+            .spawn(move || -> io::Result<W> {
+                for mut buf in rx {
+                    inner.write_all(&buf)?;
+                    buf.clear();
+                    if let Err(TrySendError::Disconnected(_)) = recycle.try_send(buf) {
+                        // The writing side is gone: it failed or was dropped.
+                        return Err(stopped(name));
+                    }
+                }
+                inner.flush()?;
+                Ok(inner)
+            })?;
+        Ok(WriteBehind {
+            buf: Vec::new(),
+            block,
+            tx: Some(tx),
+            recycled,
+            thread: Some(thread),
+            name,
+        })
+    }
+
+    /// Waits for everything written so far to reach the inner writer and returns it.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.send()?;
+        self.tx = None;
+        self.join()
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(self.block));
+        let full = std::mem::replace(&mut self.buf, next);
+        let sent = match &self.tx {
+            Some(tx) => tx.send(full).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The thread ended early: its error is the cause.
+            self.tx = None;
+            match self.join() {
+                Ok(_) => Err(stopped(self.name)),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    fn join(&mut self) -> io::Result<W> {
+        match self.thread.take() {
+            Some(handle) => match handle.join() {
+                Ok(result) => result,
+                Err(_) => Err(io::Error::other(format!(
+                    "the {} thread panicked",
+                    self.name
+                ))),
+            },
+            None => Err(stopped(self.name)),
+        }
+    }
+}
+
+impl<W: Write + Send + 'static> Write for WriteBehind<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() == self.block {
+            self.send()?;
+        }
+        if self.buf.capacity() < self.block {
+            self.buf.reserve_exact(self.block - self.buf.len());
+        }
+        let n = (self.block - self.buf.len()).min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Failing {
+        after: usize,
+        read: usize,
+    }
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.read >= self.after {
+                return Err(io::Error::other("disk on fire"));
+            }
+            let n = buf.len().min(self.after - self.read).min(1000);
+            buf[..n].fill(b'x');
+            self.read += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_ahead_passes_every_byte_then_the_end() {
+        let data: Vec<u8> = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+        let mut ahead = ReadAhead::spawn("test-read", io::Cursor::new(data.clone()), 4096, 2)
+            .expect("thread starts");
+        let mut got = vec![0; 10];
+        ahead.read_exact(&mut got).expect("reads");
+        ahead.read_to_end(&mut got).expect("reads");
+        assert_eq!(got, data);
+        assert_eq!(ahead.read(&mut [0; 10]).expect("end stays the end"), 0);
+    }
+
+    #[test]
+    fn read_ahead_returns_the_bytes_before_the_error_then_the_error() {
+        let inner = Failing {
+            after: 5000,
+            read: 0,
+        };
+        let mut ahead = ReadAhead::spawn("test-read", inner, 1024, 2).expect("thread starts");
+        let mut got = Vec::new();
+        let err = ahead.read_to_end(&mut got).expect_err("the error arrives");
+        assert_eq!(got.len(), 5000);
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+    }
+
+    #[test]
+    fn write_behind_writes_everything_in_order() {
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+        let mut behind =
+            WriteBehind::spawn("test-write", Vec::new(), 65536, 2).expect("thread starts");
+        for piece in data.chunks(7777) {
+            behind.write_all(piece).expect("writes");
+        }
+        assert_eq!(behind.finish().expect("finishes"), data);
+    }
+
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::StorageFull, "no space left"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn write_behind_reports_its_writers_error_not_a_broken_pipe() {
+        let mut behind = WriteBehind::spawn("test-write", Full, 1024, 1).expect("thread starts");
+        let err = (0..100)
+            .find_map(|_| behind.write_all(&[0; 1024]).err())
+            .expect("a write fails once the thread has failed");
+        assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+    }
+}
