@@ -23,6 +23,9 @@ use commit::CommitRecord;
 use id::BackupId;
 use marker::Marker;
 
+/// How many listings of job folders run at once when listing every job.
+const LISTINGS_AT_ONCE: usize = 8;
+
 /// Commit records and markers are small; anything larger is not one.
 const SMALL_OBJECT_LIMIT: u64 = 1 << 20;
 
@@ -276,17 +279,9 @@ impl Repository {
     /// commit records, so a stale cache never shows a removed backup (nor one whose
     /// commit record is gone) and never hides a new one. Also returns the records
     /// that had to be read.
-    pub async fn list_commits_cached(
-        &self,
-        job: Option<&str>,
-        mut known: std::collections::HashMap<String, CommitRecord>,
-    ) -> Result<(Vec<CommitRecord>, Vec<CommitRecord>)> {
-        let prefix = match job {
-            Some(j) => layout::job_prefix(j),
-            None => Path::from(layout::BACKUPS),
-        };
-        let keys: Vec<(String, BackupId)> = self
-            .store
+    /// The (job, backup ID) of every commit record under `prefix`.
+    async fn commit_keys(&self, prefix: Path) -> Result<Vec<(String, BackupId)>> {
+        self.store
             .list(Some(&prefix))
             .map_err(|source| RepoError::Store {
                 key: prefix.to_string(),
@@ -298,7 +293,38 @@ impl Repository {
                     .map(|(job, id, _)| (job, id)))
             })
             .try_collect()
-            .await?;
+            .await
+    }
+
+    pub async fn list_commits_cached(
+        &self,
+        job: Option<&str>,
+        mut known: std::collections::HashMap<String, CommitRecord>,
+    ) -> Result<(Vec<CommitRecord>, Vec<CommitRecord>)> {
+        let keys: Vec<(String, BackupId)> = match job {
+            Some(j) => self.commit_keys(layout::job_prefix(j)).await?,
+            None => {
+                // One listing per job, several at once: on S3 a listing is a chain of
+                // requests of 1,000 keys each, so 50 jobs listed side by side take the
+                // time of the longest, not of all of them in a row.
+                let root = Path::from(layout::BACKUPS);
+                let jobs = self
+                    .store
+                    .list_with_delimiter(Some(&root))
+                    .await
+                    .map_err(|source| RepoError::Store {
+                        key: root.to_string(),
+                        source,
+                    })?
+                    .common_prefixes;
+                let per_job: Vec<Vec<(String, BackupId)>> = futures::stream::iter(jobs)
+                    .map(|prefix| self.commit_keys(prefix))
+                    .buffer_unordered(LISTINGS_AT_ONCE)
+                    .try_collect()
+                    .await?;
+                per_job.into_iter().flatten().collect()
+            }
+        };
         let mut records = Vec::with_capacity(keys.len());
         let mut missing = Vec::new();
         for (job, id) in keys {
