@@ -73,9 +73,9 @@ pub enum BackupError {
 /// stopped, before abandoning it (the upload is then never completed).
 pub const CANCEL_DRAIN: Duration = Duration::from_secs(15);
 
-/// The source's bytes are read ahead in blocks of 1 MiB, at most 4 waiting.
+/// The source's bytes are read ahead in blocks of 1 MiB, at most 2 waiting.
 const SOURCE_BLOCK: usize = 1 << 20;
-const SOURCE_DEPTH: usize = 4;
+const SOURCE_DEPTH: usize = 2;
 
 /// A finished run: its catalog ID (if a catalog was given) and its result.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! The hand-off from the blocking pipeline thread to the async uploader: a `Write`
+//! The hand-off from the encrypting thread to the async uploader: a `Write`
 //! that cuts the stream into `Bytes` chunks and sends them over a bounded channel.
 //! The channel's bound is the backpressure: when storage is slow, `blocking_send`
 //! waits, the pipeline stops reading, and the source is paused by its own pipe.

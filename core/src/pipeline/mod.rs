@@ -35,7 +35,7 @@ const CHANNEL_DEPTH: usize = 8;
 /// Blocks of compressed bytes (1 MiB each) queued between the compressing thread and
 /// the encrypting one.
 const ENCRYPT_BLOCK: usize = 1 << 20;
-const ENCRYPT_DEPTH: usize = 4;
+const ENCRYPT_DEPTH: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {

@@ -158,10 +158,11 @@ impl Drop for LocalProcess {
     }
 }
 
-/// A 1 MiB pipe instead of Linux's 64 KiB: the dump tool can run ahead of the pipeline
+/// A 1 MiB pipe instead of Linux's 64 KiB: the dump tool (or, for a remote source, the
+/// ssh master relaying it) can run ahead of the pipeline
 /// and each read drains more, so far fewer wake-ups per gigabyte. Best effort: the
 /// kernel may refuse (pipe-max-size), and then the default pipe is used.
-fn grow_pipe(pipe: &impl std::os::fd::AsRawFd) {
+pub(super) fn grow_pipe(pipe: &impl std::os::fd::AsRawFd) {
     // SAFETY: F_SETPIPE_SZ on a pipe fd we own only changes its capacity.
     unsafe {
         libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
