@@ -97,8 +97,8 @@ else
     python3 "$BENCH_DIR/gen_data.py" "$DATA" "$SIZE_MB" "$SEED" >&2
     echo "$stamp" >"$OUT/data.stamp"
 fi
-DATA_BYTES=$(find "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
-DATA_FILES=$(find "$DATA" -type f | wc -l)
+DATA_BYTES=$(find -L "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
+DATA_FILES=$(find -L "$DATA" -type f | wc -l)
 
 # Warm the page cache once so every tool reads from memory alike (dropping caches would
 # need privileges a container may not have). `| cat` matters: GNU tar skips reading file
