@@ -274,11 +274,6 @@ impl Repository {
             .0)
     }
 
-    /// `list_commits`, reading only the commit records not already in `known` (by
-    /// backup ID): which backups exist always comes from the store's listing of
-    /// commit records, so a stale cache never shows a removed backup (nor one whose
-    /// commit record is gone) and never hides a new one. Also returns the records
-    /// that had to be read.
     /// The (job, backup ID) of every commit record under `prefix`.
     async fn commit_keys(&self, prefix: Path) -> Result<Vec<(String, BackupId)>> {
         self.store
@@ -296,6 +291,11 @@ impl Repository {
             .await
     }
 
+    /// `list_commits`, reading only the commit records not already in `known` (by
+    /// backup ID): which backups exist always comes from the store's listing of
+    /// commit records, so a stale cache never shows a removed backup (nor one whose
+    /// commit record is gone) and never hides a new one. Also returns the records
+    /// that had to be read.
     pub async fn list_commits_cached(
         &self,
         job: Option<&str>,
