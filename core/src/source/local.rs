@@ -33,7 +33,7 @@ impl LocalProcess {
             .kill_on_drop(true)
             .spawn()?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        grow_pipe(&stdout);
+        super::grow_pipe(&stdout);
         let stderr = child.stderr.take().expect("stderr is piped");
         let stderr = tokio::spawn(collect_stderr(stderr, None));
         Ok((
@@ -155,16 +155,5 @@ impl Drop for LocalProcess {
                 }
             }
         }
-    }
-}
-
-/// A 1 MiB pipe instead of Linux's 64 KiB: the dump tool (or, for a remote source, the
-/// ssh master relaying it) can run ahead of the pipeline
-/// and each read drains more, so far fewer wake-ups per gigabyte. Best effort: the
-/// kernel may refuse (pipe-max-size), and then the default pipe is used.
-pub(super) fn grow_pipe(pipe: &impl std::os::fd::AsRawFd) {
-    // SAFETY: F_SETPIPE_SZ on a pipe fd we own only changes its capacity.
-    unsafe {
-        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
     }
 }

@@ -402,7 +402,7 @@ impl RemoteProcess {
             reason: super::error_chain(&e),
         })?;
         let stdout = child.stdout().take().expect("stdout is piped");
-        super::local::grow_pipe(&stdout);
+        super::grow_pipe(&stdout);
         let stderr = child.stderr().take().expect("stderr is piped");
         let pid = Arc::new(OnceLock::new());
         let stderr = tokio::spawn(collect_stderr(stderr, Some(pid.clone())));
