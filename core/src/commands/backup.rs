@@ -22,7 +22,7 @@ use crate::catalog::{Catalog, CatalogError, RunStatus};
 use crate::config::{ByteSize, Config, JobConfig, JobKind};
 pub use crate::error_chain;
 use crate::keys::{self, KeyError};
-use crate::pipeline::handoff::ReadAhead;
+use crate::pipeline::handoff::{self, ReadAhead};
 use crate::pipeline::{self, hash::copy_large, PipelineError, SealSettings};
 use crate::repo::commit::{self, CommitRecord, StoredObject};
 use crate::repo::id::BackupId;
@@ -73,8 +73,7 @@ pub enum BackupError {
 /// stopped, before abandoning it (the upload is then never completed).
 pub const CANCEL_DRAIN: Duration = Duration::from_secs(15);
 
-/// The source's bytes are read ahead in blocks of 1 MiB, at most 2 waiting.
-const SOURCE_BLOCK: usize = 1 << 20;
+/// Blocks of the source's bytes read ahead and waiting to be parsed.
 const SOURCE_DEPTH: usize = 2;
 
 /// A finished run: its catalog ID (if a catalog was given) and its result.
@@ -403,7 +402,7 @@ async fn attempt(
             };
             // The source is read on a thread of its own, so waiting for the next bytes
             // never holds up parsing, hashing and compressing the ones already here.
-            let input = ReadAhead::spawn("bk-source", stdout, SOURCE_BLOCK, SOURCE_DEPTH)?;
+            let input = ReadAhead::spawn("bk-source", stdout, handoff::BLOCK, SOURCE_DEPTH)?;
             let mut spool = EntrySpool::new()?;
             if is_tar {
                 tar_index::index(Tee::new(input, out), &mut spool)?;

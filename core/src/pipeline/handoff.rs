@@ -14,6 +14,10 @@ use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
 
+/// The block size the data paths hand over: large enough that a hand-off costs little
+/// per byte, small enough that a few in flight keep memory flat.
+pub const BLOCK: usize = 1 << 20;
+
 /// One block handed over: the buffer and how many of its bytes are data.
 type Block = (Vec<u8>, usize);
 

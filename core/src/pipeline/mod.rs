@@ -32,9 +32,8 @@ pub use upload::PendingUpload;
 /// Chunks (1 MiB each) queued between the pipeline thread and the uploader.
 const CHANNEL_DEPTH: usize = 8;
 
-/// Blocks of compressed bytes (1 MiB each) queued between the compressing thread and
-/// the encrypting one.
-const ENCRYPT_BLOCK: usize = 1 << 20;
+/// Blocks of compressed bytes queued between the compressing thread and the
+/// encrypting one.
 const ENCRYPT_DEPTH: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +99,7 @@ where
         let encrypted = encrypt::encryptor(cipher, &recipients)?;
         // age and the ciphertext hash run on a thread of their own, beside compression.
         let encrypting =
-            handoff::WriteBehind::spawn("bk-encrypt", encrypted, ENCRYPT_BLOCK, ENCRYPT_DEPTH)?;
+            handoff::WriteBehind::spawn("bk-encrypt", encrypted, handoff::BLOCK, ENCRYPT_DEPTH)?;
         let compressed = compress::compressor(encrypting, &compression)?;
         let mut plain = hash::HashingWriter::new(compressed);
         // No buffer here: zstd keeps its own input buffer, and `feed` writes in blocks.

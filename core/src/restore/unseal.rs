@@ -15,14 +15,12 @@ use std::sync::{Arc, Mutex};
 
 use crate::keys::Identity;
 use crate::pipeline::compress;
-use crate::pipeline::handoff::ReadAhead;
+use crate::pipeline::handoff::{self, ReadAhead};
 use crate::pipeline::hash::Digest;
 
 use super::RestoreError;
 
-/// Plaintext is handed between the restore's threads in blocks of 1 MiB, at most 4
-/// waiting at each hand-off.
-const HANDOFF_BLOCK: usize = 1 << 20;
+/// Blocks waiting at each hand-off between the restore's threads.
 const HANDOFF_DEPTH: usize = 4;
 
 /// Marks an I/O error as "the stored object is damaged".
@@ -129,7 +127,7 @@ pub fn unseal(
     };
     // Reading and decrypting, decompressing, and whatever the caller does with the
     // plaintext run on three threads, as the shell's `age -d | zstd -d | tar` would.
-    let decrypted = ReadAhead::spawn("bk-decrypt", decrypted, HANDOFF_BLOCK, HANDOFF_DEPTH)
+    let decrypted = ReadAhead::spawn("bk-decrypt", decrypted, handoff::BLOCK, HANDOFF_DEPTH)
         .map_err(|e| damaged(format!("cannot start the decrypting thread: {e}")))?;
     let decoded = compress::decompressor(decrypted).map_err(|e| damaged(format!("zstd: {e}")))?;
     let decoded = Labeled {
@@ -141,7 +139,7 @@ pub fn unseal(
         digest: plain.clone(),
     };
     let reader = Box::new(
-        ReadAhead::spawn("bk-decompress", hashed, HANDOFF_BLOCK, HANDOFF_DEPTH)
+        ReadAhead::spawn("bk-decompress", hashed, handoff::BLOCK, HANDOFF_DEPTH)
             .map_err(|e| damaged(format!("cannot start the decompressing thread: {e}")))?,
     );
     Ok(Unsealed {
