@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::anomaly::{Anomaly, Figures};
-use crate::repo::commit::CommitRecord;
+use crate::repo::commit::{CommitRecord, Listed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -385,6 +385,32 @@ impl Catalog {
         })
     }
 
+    /// What `bk list` shows of each cached backup, straight from the columns (no
+    /// commit record parsed), in no particular order.
+    pub fn listed(&self, job: Option<&str>) -> Result<Vec<Listed>> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT backup_id, job, kind, host, started, finished, source_size, stored_size,
+                        writer
+                 FROM backups WHERE (?1 IS NULL OR job = ?1)",
+            )?;
+            let rows = stmt.query_map(params![job], |r| {
+                Ok(Listed {
+                    backup_id: r.get(0)?,
+                    job: r.get(1)?,
+                    kind: r.get(2)?,
+                    host: r.get(3)?,
+                    started: parse_time(&r.get::<_, String>(4)?),
+                    finished: parse_time(&r.get::<_, String>(5)?),
+                    source_size: r.get::<_, i64>(6)?.max(0) as u64,
+                    stored_size: r.get::<_, i64>(7)?.max(0) as u64,
+                    writer: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
     pub fn latest_backup(&self, job: &str) -> Result<Option<CommitRecord>> {
         self.with(|c| {
             c.query_row(
@@ -448,8 +474,9 @@ impl Catalog {
 fn insert_backup(c: &Connection, record: &CommitRecord) -> rusqlite::Result<()> {
     c.execute(
         "INSERT OR REPLACE INTO backups
-         (backup_id, job, kind, host, started, finished, source_size, stored_size, commit_json)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         (backup_id, job, kind, host, started, finished, source_size, stored_size, commit_json,
+          writer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             record.backup_id.to_string(),
             record.job,
@@ -460,6 +487,7 @@ fn insert_backup(c: &Connection, record: &CommitRecord) -> rusqlite::Result<()> 
             record.source_size as i64,
             (record.payload.size + record.manifest.size) as i64,
             String::from_utf8_lossy(&record.to_json()),
+            record.writer,
         ],
     )
     .map(|_| ())
@@ -492,6 +520,47 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// `listed` reads from columns what `bk list` would take from the commit records,
+    /// also from a catalog written before the `writer` column existed.
+    #[test]
+    fn listed_rows_match_their_commit_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let old = crate::repo::commit::tests::sample();
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            schema::migrations().to_version(&mut conn, 3).unwrap();
+            conn.execute(
+                "INSERT INTO backups
+                 (backup_id, job, kind, host, started, finished, source_size, stored_size, commit_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    old.backup_id.to_string(),
+                    old.job,
+                    old.kind,
+                    old.host,
+                    old.started.to_rfc3339(),
+                    old.finished.to_rfc3339(),
+                    old.source_size as i64,
+                    (old.payload.size + old.manifest.size) as i64,
+                    String::from_utf8_lossy(&old.to_json()),
+                ],
+            )
+            .unwrap();
+        }
+        let cat = Catalog::open(&path).unwrap();
+        let mut new = crate::repo::commit::tests::sample();
+        new.job = "db".into();
+        new.writer = "backup2".into();
+        cat.remember_backups(std::slice::from_ref(&new)).unwrap();
+
+        let mut all = cat.listed(None).unwrap();
+        all.sort_by(|a, b| a.job.cmp(&b.job));
+        assert_eq!(all, vec![Listed::from(&new), Listed::from(&old)]);
+        assert_eq!(cat.listed(Some("media")).unwrap(), vec![Listed::from(&old)]);
+        assert!(cat.listed(Some("none")).unwrap().is_empty());
+    }
 
     #[test]
     fn creates_private_files_and_records_runs() {

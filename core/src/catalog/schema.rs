@@ -75,6 +75,14 @@ pub fn migrations() -> Migrations<'static> {
     ALTER TABLE runs ADD COLUMN anomalies TEXT;
     ",
         ),
+        // The writer of each cached backup in a column of its own, so that `bk list`
+        // reads everything it shows from columns without parsing commit records.
+        M::up(
+            "
+    ALTER TABLE backups ADD COLUMN writer TEXT;
+    UPDATE backups SET writer = json_extract(commit_json, '$.writer');
+    ",
+        ),
     ])
 }
 

@@ -44,6 +44,36 @@ pub struct StoredObject {
     pub blake3: String,
 }
 
+/// What `bk list` shows of a commit record (also what the catalog keeps in columns).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    pub backup_id: String,
+    pub job: String,
+    pub kind: String,
+    pub host: String,
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub finished: chrono::DateTime<chrono::Utc>,
+    pub source_size: u64,
+    pub stored_size: u64,
+    pub writer: String,
+}
+
+impl From<&CommitRecord> for Listed {
+    fn from(r: &CommitRecord) -> Self {
+        Listed {
+            backup_id: r.backup_id.to_string(),
+            job: r.job.clone(),
+            kind: r.kind.clone(),
+            host: r.host.clone(),
+            started: r.started,
+            finished: r.finished,
+            source_size: r.source_size,
+            stored_size: r.payload.size + r.manifest.size,
+            writer: r.writer.clone(),
+        }
+    }
+}
+
 impl CommitRecord {
     /// Every object this backup consists of, besides the commit record itself.
     pub fn objects(&self) -> Vec<&StoredObject> {
@@ -81,10 +111,10 @@ impl CommitRecord {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> CommitRecord {
+    pub(crate) fn sample() -> CommitRecord {
         let id = BackupId::new(Utc::now());
         CommitRecord {
             format: FORMAT.into(),

@@ -68,6 +68,8 @@ pub struct Repository {
     url: String,
     /// What the store does with create-only writes, probed once per process.
     create_only: Arc<tokio::sync::OnceCell<store::CreateOnly>>,
+    /// The root directory when the store is the local file system (`file://`).
+    local: Option<std::path::PathBuf>,
 }
 
 impl Repository {
@@ -78,10 +80,15 @@ impl Repository {
             url: url.clone(),
             reason,
         })?;
+        let local = url::Url::parse(&config.url)
+            .ok()
+            .filter(|u| u.scheme() == "file")
+            .and_then(|u| u.to_file_path().ok());
         Ok(Repository {
             store,
             url,
             create_only: Default::default(),
+            local,
         })
     }
 
@@ -91,6 +98,7 @@ impl Repository {
             store,
             url: redact_url(url),
             create_only: Default::default(),
+            local: None,
         }
     }
 
@@ -100,10 +108,7 @@ impl Repository {
 
     /// The root directory of a `file://` repository.
     pub fn local_root(&self) -> Option<std::path::PathBuf> {
-        url::Url::parse(&self.url)
-            .ok()
-            .filter(|u| u.scheme() == "file")
-            .and_then(|u| u.to_file_path().ok())
+        self.local.clone()
     }
 
     /// The URL for messages, without credentials.
@@ -268,14 +273,40 @@ impl Repository {
     /// Every committed backup (of one job, or of all), newest first. Objects without a
     /// commit record are not backups and are not listed.
     pub async fn list_commits(&self, job: Option<&str>) -> Result<Vec<CommitRecord>> {
-        Ok(self
-            .list_commits_cached(job, std::collections::HashMap::new())
-            .await?
-            .0)
+        let keys = self.committed_keys(job).await?;
+        let mut records = self.read_commits(keys).await?;
+        records.sort_by(|a, b| b.backup_id.cmp(&a.backup_id));
+        Ok(records)
     }
 
-    /// The (job, backup ID) of every commit record under `prefix`.
+    /// The commit records of these (job, backup ID) pairs, several read at once, in
+    /// no particular order.
+    pub async fn read_commits(&self, keys: Vec<(String, BackupId)>) -> Result<Vec<CommitRecord>> {
+        futures::stream::iter(keys)
+            .map(|(job, id)| async move { self.read_commit(&job, &id).await })
+            .buffer_unordered(16)
+            .try_collect()
+            .await
+    }
+
+    /// The (job, backup ID) of every commit record in the job folder `prefix`.
     async fn commit_keys(&self, prefix: Path) -> Result<Vec<(String, BackupId)>> {
+        let job = prefix.filename().unwrap_or_default().to_string();
+        // Names bk gives jobs are the same on disk and in the store's paths.
+        if let Some(root) = self.local.clone().filter(|_| layout::valid_job_name(&job)) {
+            let dir = root.join(layout::BACKUPS).join(&job);
+            return tokio::task::spawn_blocking(move || local_commit_keys(&dir, &job))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))
+                .and_then(|found| found)
+                .map_err(|e| RepoError::Store {
+                    key: prefix.to_string(),
+                    source: object_store::Error::Generic {
+                        store: "LocalFileSystem",
+                        source: Box::new(e),
+                    },
+                });
+        }
         self.store
             .list(Some(&prefix))
             .map_err(|source| RepoError::Store {
@@ -291,17 +322,10 @@ impl Repository {
             .await
     }
 
-    /// `list_commits`, reading only the commit records not already in `known` (by
-    /// backup ID): which backups exist always comes from the store's listing of
-    /// commit records, so a stale cache never shows a removed backup (nor one whose
-    /// commit record is gone) and never hides a new one. Also returns the records
-    /// that had to be read.
-    pub async fn list_commits_cached(
-        &self,
-        job: Option<&str>,
-        mut known: std::collections::HashMap<String, CommitRecord>,
-    ) -> Result<(Vec<CommitRecord>, Vec<CommitRecord>)> {
-        let keys: Vec<(String, BackupId)> = match job {
+    /// The (job, backup ID) of every commit record, of one job or of all: which
+    /// backups exist.
+    pub async fn committed_keys(&self, job: Option<&str>) -> Result<Vec<(String, BackupId)>> {
+        Ok(match job {
             Some(j) => self.commit_keys(layout::job_prefix(j)).await?,
             None => {
                 // One listing per job, several at once: on S3 a listing is a chain of
@@ -324,23 +348,7 @@ impl Repository {
                     .await?;
                 per_job.into_iter().flatten().collect()
             }
-        };
-        let mut records = Vec::with_capacity(keys.len());
-        let mut missing = Vec::new();
-        for (job, id) in keys {
-            match known.remove(id.as_str()).filter(|r| r.job == job) {
-                Some(r) => records.push(r),
-                None => missing.push((job, id)),
-            }
-        }
-        let read: Vec<CommitRecord> = futures::stream::iter(missing)
-            .map(|(job, id)| async move { self.read_commit(&job, &id).await })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
-        records.extend(read.iter().cloned());
-        records.sort_by(|a, b| b.backup_id.cmp(&a.backup_id));
-        Ok((records, read))
+        })
     }
 
     /// Resolves `latest` or an explicit ID to a committed backup of `job`.
@@ -378,9 +386,98 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `commit_keys` of a `file://` repository by walking the job's folder directly: the
+/// store's own listing stats every object three times (900,000 calls for 100,000
+/// backups), while a backup is committed exactly when `ID/commit.json` is a file, one
+/// stat per backup. Same answer as the listing: what it does not hold is not a backup.
+fn local_commit_keys(
+    job_dir: &std::path::Path,
+    job: &str,
+) -> std::io::Result<Vec<(String, BackupId)>> {
+    let entries = match std::fs::read_dir(job_dir) {
+        Ok(entries) => entries,
+        // A job without backups has no folder: an empty listing, as from the store.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| BackupId::parse(name).ok())
+        else {
+            continue;
+        };
+        match std::fs::metadata(entry.path().join(layout::COMMIT)) {
+            Ok(meta) if meta.is_file() => keys.push((job.to_string(), id)),
+            Ok(_) => {}
+            // Not committed, or pruned while we looked.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(keys)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk of a `file://` repository finds exactly what the store's listing finds.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn local_walk_lists_what_the_store_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: RepositoryConfig = toml::from_str(&format!(
+            "url = \"file://{}\"\nrecipients = []",
+            dir.path().display()
+        ))
+        .unwrap();
+        let walked = Repository::open(&config).unwrap();
+        assert!(walked.local_root().is_some());
+        // The same store, listed through object_store.
+        let listed = Repository::from_store(walked.store().clone(), "file:///elsewhere");
+        let t = chrono::Utc::now();
+        let put = |path: Path| {
+            let store = walked.store().clone();
+            async move {
+                store
+                    .put(&path, PutPayload::from_static(b"x"))
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a1, a2, b1) = (BackupId::new(t), BackupId::new(t), BackupId::new(t));
+        put(layout::payload("a", &a1)).await;
+        put(layout::commit("a", &a1)).await;
+        put(layout::payload("a", &a2)).await; // not committed
+        put(layout::commit("b.x_1", &b1)).await;
+        put(Path::from("backups/a/not-an-id/commit.json")).await;
+        put(Path::from("backups/stray.json")).await;
+        // A folder where the commit record should be is not one.
+        let c1 = BackupId::new(t);
+        std::fs::create_dir_all(
+            dir.path()
+                .join("backups/a")
+                .join(c1.as_str())
+                .join("commit.json"),
+        )
+        .unwrap();
+
+        for job in [None, Some("a"), Some("b.x_1"), Some("none")] {
+            let mut w = walked.committed_keys(job).await.unwrap();
+            let mut l = listed.committed_keys(job).await.unwrap();
+            w.sort();
+            l.sort();
+            assert_eq!(w, l, "{job:?}");
+        }
+        let mut all = walked.committed_keys(None).await.unwrap();
+        all.sort();
+        let mut expected = vec![("a".to_string(), a1), ("b.x_1".to_string(), b1)];
+        expected.sort();
+        assert_eq!(all, expected);
+    }
 
     #[test]
     fn urls_are_redacted() {
