@@ -33,6 +33,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 }
 
 fn main() -> ExitCode {
+    bk_core::release_large_buffers();
     let args = cli::Cli::parse();
     output::init_logging(args.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -24,6 +24,21 @@ pub mod source;
 /// The version of bk, recorded in every manifest.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Tunes glibc's allocator for a process that streams through 1 MiB buffers on many
+/// threads; call it first thing in `main`. Allocations of 256 KiB and more get mappings
+/// of their own, given back to the system when freed. By default glibc raises that
+/// threshold after the first such free (up to 32 MiB), after which the stream buffers
+/// come from per-thread arenas that keep freed memory: the daemon running four backups
+/// at once peaked at 173–227 MiB RSS with the default and at 85 MiB with this
+/// (bench/scale.sh), with no CPU difference measurable in a backup.
+pub fn release_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable; called before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
 /// An error and all its causes, one sentence each, for logs, the catalog and alerts.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

@@ -40,6 +40,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    bk_core::release_large_buffers();
     let args = Args::parse();
     let config = match Config::locate(args.config.as_deref()).and_then(|p| Config::load(&p)) {
         Ok(config) => config,
