@@ -33,7 +33,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// when freed, while the 1 MiB stream chunks stay in the arenas and are reused; an
 /// arena gives back free memory above 4 MiB at its top (the default 128 KiB made a
 /// verify fault its buffers back in, 0.3 s more system time per GiB). Measured: daemon
-/// 103–112 MiB, and no more CPU for a backup or a verify than glibc's default.
+/// 112–129 MiB, and no more CPU for a backup or a verify than glibc's default.
 pub fn release_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets tunables; called before any thread is started.

@@ -368,23 +368,6 @@ impl Catalog {
         Ok(self.runs(Some(job), 1)?.into_iter().next())
     }
 
-    /// Cached commit records, newest first.
-    pub fn backups(&self, job: Option<&str>) -> Result<Vec<CommitRecord>> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT commit_json FROM backups WHERE (?1 IS NULL OR job = ?1) ORDER BY backup_id DESC",
-            )?;
-            let rows = stmt.query_map(params![job], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for json in rows {
-                if let Ok(record) = serde_json::from_str::<CommitRecord>(&json?) {
-                    out.push(record);
-                }
-            }
-            Ok(out)
-        })
-    }
-
     /// What `bk list` shows of each cached backup, straight from the columns (no
     /// commit record parsed), in no particular order.
     pub fn listed(&self, job: Option<&str>) -> Result<Vec<Listed>> {
