@@ -339,6 +339,7 @@ async fn attempt(
         recipients: Arc::new(recipients),
         part_size: config.repository.part_size.bytes() as usize,
         upload_concurrency: config.repository.upload_concurrency,
+        local_root: repo.local_root(),
     };
     repo.init().await.map_err(repo_err)?;
     let plan = DumpPlan::for_job(job).map_err(source_err)?;

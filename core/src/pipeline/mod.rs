@@ -56,6 +56,8 @@ pub struct SealSettings {
     pub recipients: Arc<Vec<Recipient>>,
     pub part_size: usize,
     pub upload_concurrency: usize,
+    /// The repository's root directory when it is the local file system (`file://`).
+    pub local_root: Option<std::path::PathBuf>,
 }
 
 /// The result of sealing one stream into a pending object.
@@ -91,6 +93,7 @@ where
         rx,
         settings.part_size,
         settings.upload_concurrency,
+        settings.local_root.clone(),
     ));
     let recipients = settings.recipients.clone();
     let compression = settings.compression.clone();
