@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use object_store::ObjectStoreExt;
-use tokio_util::io::SyncIoBridge;
 use tokio_util::sync::CancellationToken;
 
 use crate::anomaly::{self, Anomaly, Figures};
@@ -380,7 +379,7 @@ async fn attempt(
         running.kill().await;
         return Err(interrupted());
     }
-    let stdout = SyncIoBridge::new(running.take_stdout());
+    let stdout = running.take_stdout();
     let too_large = Arc::new(AtomicBool::new(false));
     let limit = job.max_size.map(|max| (max, too_large.clone()));
     let rate = job

@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
+use super::pipe::SourcePipe;
 use super::ExitOutcome;
 
 /// stderr kept for the error message: the last 32 KiB.
@@ -20,9 +21,7 @@ pub struct LocalProcess {
 }
 
 impl LocalProcess {
-    pub fn spawn(
-        command: &str,
-    ) -> std::io::Result<(LocalProcess, Box<dyn AsyncRead + Send + Unpin>)> {
+    pub fn spawn(command: &str) -> std::io::Result<(LocalProcess, SourcePipe)> {
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
@@ -34,6 +33,7 @@ impl LocalProcess {
             .spawn()?;
         let stdout = child.stdout.take().expect("stdout is piped");
         super::grow_pipe(&stdout);
+        let stdout = SourcePipe::new(stdout.into_owned_fd()?, "local")?;
         let stderr = child.stderr.take().expect("stderr is piped");
         let stderr = tokio::spawn(collect_stderr(stderr, None));
         Ok((
@@ -42,7 +42,7 @@ impl LocalProcess {
                 stderr,
                 outcome: None,
             },
-            Box::new(stdout),
+            stdout,
         ))
     }
 

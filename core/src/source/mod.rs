@@ -12,19 +12,17 @@ pub mod directory;
 pub mod limit;
 pub mod local;
 pub mod mysql;
+pub mod pipe;
 pub mod postgres;
 pub mod restrict;
 pub mod shell;
 pub mod ssh;
-pub mod stall;
 pub mod tar_index;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use tokio::io::AsyncRead;
 
 pub(crate) use crate::error_chain;
 
@@ -242,7 +240,7 @@ enum Process {
 /// A started source command, local or remote.
 pub struct RunningSource {
     pub host: String,
-    stdout: Option<Box<dyn AsyncRead + Send + Unpin>>,
+    stdout: Option<pipe::SourcePipe>,
     process: Process,
 }
 
@@ -268,19 +266,15 @@ impl RunningSource {
                 (Process::Remote(p), out)
             }
         };
-        let stdout: Box<dyn AsyncRead + Send + Unpin> = match stall {
-            Some(limit) => Box::new(stall::StallGuard::new(stdout, limit, host.name())),
-            None => stdout,
-        };
         Ok(RunningSource {
             host: host.name().to_string(),
-            stdout: Some(stdout),
+            stdout: Some(stdout.stall_timeout(stall)),
             process,
         })
     }
 
-    /// The dump stream (once).
-    pub fn take_stdout(&mut self) -> Box<dyn AsyncRead + Send + Unpin> {
+    /// The dump stream (once), to be read on a blocking thread.
+    pub fn take_stdout(&mut self) -> pipe::SourcePipe {
         self.stdout.take().expect("stdout taken once")
     }
 

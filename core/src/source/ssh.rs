@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder};
-use tokio::io::AsyncRead;
 use tokio::task::JoinHandle;
 
 use super::local::collect_stderr;
+use super::pipe::SourcePipe;
 use super::{ExitOutcome, SourceError};
 use crate::config::HostConfig;
 
@@ -353,42 +353,13 @@ pub struct RemoteProcess {
     stderr: Option<String>,
 }
 
-/// A reader that reports, once, that its stream ended (EOF, an error, or the reader
-/// being dropped): only then may the remote command's exit status be asked for.
-struct EndSignal<R> {
-    inner: R,
-    ended: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for EndSignal<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let ended = match &polled {
-            std::task::Poll::Ready(Ok(())) => buf.filled().len() == before,
-            std::task::Poll::Ready(Err(_)) => true,
-            std::task::Poll::Pending => false,
-        };
-        if ended {
-            if let Some(tx) = self.ended.take() {
-                let _ = tx.send(());
-            }
-        }
-        polled
-    }
-}
-
 impl RemoteProcess {
     /// Starts `command` in the remote user's shell. The shell first reports its PID on
     /// stderr (it leads the process group sshd made), so that `kill` can stop the dump.
     pub async fn spawn(
         target: &SshTarget,
         command: &str,
-    ) -> Result<(RemoteProcess, Box<dyn AsyncRead + Send + Unpin>), SourceError> {
+    ) -> Result<(RemoteProcess, SourcePipe), SourceError> {
         let session = session(target).await?;
         let wrapped = wrap(command);
         let spawned = Session::to_raw_command(session.clone(), wrapped)
@@ -403,9 +374,18 @@ impl RemoteProcess {
         })?;
         let stdout = child.stdout().take().expect("stdout is piped");
         super::grow_pipe(&stdout);
+        let stdout = stdout
+            .into_owned_fd()
+            .and_then(|fd| SourcePipe::new(fd, &target.name))
+            .map_err(|e| SourceError::Remote {
+                host: target.name.clone(),
+                reason: format!("reading the command's output: {e}"),
+            })?;
         let stderr = child.stderr().take().expect("stderr is piped");
         let pid = Arc::new(OnceLock::new());
         let stderr = tokio::spawn(collect_stderr(stderr, Some(pid.clone())));
+        // The remote command's exit status may be asked for only once its stream has
+        // ended (end of file, an error, or the reader dropped).
         let (ended, stdout_ended) = tokio::sync::oneshot::channel();
         let status = tokio::spawn(async move {
             // Sender dropped (reader dropped) counts as ended too.
@@ -413,10 +393,7 @@ impl RemoteProcess {
             let stderr = stderr.await.unwrap_or_default();
             (child.wait().await, stderr)
         });
-        let stdout = EndSignal {
-            inner: stdout,
-            ended: Some(ended),
-        };
+        let stdout = stdout.signal_end(ended);
         Ok((
             RemoteProcess {
                 host: target.name.clone(),
@@ -427,7 +404,7 @@ impl RemoteProcess {
                 outcome: None,
                 stderr: None,
             },
-            Box::new(stdout),
+            stdout,
         ))
     }
 
