@@ -197,13 +197,16 @@ pub struct PgSession {
     job_name: String,
     watchdog: Option<Watchdog>,
     monitor: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<LagWatch>>)>,
+    /// The row count, running beside the dump; whether it is exact (replay paused).
+    counting: Option<(CountTask, bool)>,
     /// Facts for the manifest's `details`.
     pub details: BTreeMap<String, serde_json::Value>,
     pub warnings: Vec<String>,
 }
 
 impl PgSession {
-    /// Checks the server, pauses replay if asked, and records globals and row counts.
+    /// Checks the server, pauses replay if asked, records the globals and starts the
+    /// row count (collected by `finish`).
     /// Dropping the session (on any error) lets the watchdog resume replay.
     pub async fn begin(
         host: &SourceHost,
@@ -215,6 +218,7 @@ impl PgSession {
             job_name: job_name.to_string(),
             watchdog: None,
             monitor: None,
+            counting: None,
             details: BTreeMap::new(),
             warnings: Vec::new(),
         };
@@ -242,9 +246,7 @@ impl PgSession {
         if job.pause_replay && in_recovery {
             session.pause(job).await?;
         }
-        session
-            .count_rows(job, job.pause_replay && in_recovery)
-            .await?;
+        session.start_counting(job, job.pause_replay && in_recovery);
         session.globals(job).await?;
         if in_recovery && !job.pause_replay {
             session.watch_lag(job, lag);
@@ -340,9 +342,29 @@ impl PgSession {
         Ok(())
     }
 
-    async fn count_rows(&mut self, job: &JobConfig, exact: bool) -> Result<(), SourceError> {
-        let cmd = count_rows_command(job);
-        let (outcome, stdout, stderr) = self.host.output(&cmd).await?;
+    /// Starts counting every table's rows. The count runs beside the dump rather than
+    /// before it (counting a 4-million-row table took 0.4 s before the dump could start):
+    /// while replay is paused the data cannot change, so it is as exact as before, and
+    /// `finish` collects it before replay resumes. Otherwise it was never exact.
+    fn start_counting(&mut self, job: &JobConfig, exact: bool) {
+        let (host, cmd) = (self.host.clone(), count_rows_command(job));
+        let task = tokio::spawn(async move { host.output(&cmd).await });
+        self.counting = Some((task, exact));
+    }
+
+    /// Waits for the row count and records it.
+    async fn collect_counts(&mut self) -> Result<(), SourceError> {
+        let Some((task, exact)) = self.counting.take() else {
+            return Ok(());
+        };
+        let (outcome, stdout, stderr) = match task.await {
+            Ok(counted) => counted?,
+            Err(join) => (
+                ExitOutcome::Lost(join.to_string()),
+                String::new(),
+                String::new(),
+            ),
+        };
         if outcome != ExitOutcome::Code(0) {
             return Err(SourceError::Failed {
                 host: self.host.name().to_string(),
@@ -388,6 +410,8 @@ impl PgSession {
         mut self,
         job: &JobConfig,
     ) -> Result<(BTreeMap<String, serde_json::Value>, Vec<String>), SourceError> {
+        // Inside the pause: an error here drops the session, which resumes replay.
+        self.collect_counts().await?;
         if let Some((task, state)) = self.monitor.take() {
             task.abort();
             let w = state.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -436,6 +460,8 @@ impl PgSession {
     }
 }
 
+type CountTask = tokio::task::JoinHandle<Result<(ExitOutcome, String, String), SourceError>>;
+
 #[derive(Debug, Default, Clone)]
 struct LagWatch {
     peak: f64,
@@ -446,6 +472,9 @@ impl Drop for PgSession {
     /// The lag monitor must not outlive the run (the watchdog ends with its stdin).
     fn drop(&mut self) {
         if let Some((task, _)) = self.monitor.take() {
+            task.abort();
+        }
+        if let Some((task, _)) = self.counting.take() {
             task.abort();
         }
     }
