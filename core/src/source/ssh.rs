@@ -126,6 +126,46 @@ pub async fn close_all() {
     }
 }
 
+/// OpenSSH's default ciphers, AES-GCM first. OpenSSH offers chacha20-poly1305 first,
+/// and its chacha20-poly1305 is its own portable C, while AES-GCM goes through OpenSSL's
+/// AES-NI code: pulling 1 GiB over loopback took the ssh client 2.2 CPU seconds with
+/// chacha20-poly1305 and 0.7 with aes128-gcm (the sshd on the source saves as much).
+/// The same ciphers as OpenSSH's default list, so any server that accepts the default
+/// accepts this; only the preference changes.
+const PREFER_AES_GCM: &str = "Ciphers aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
+                              chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr\n";
+
+/// The ssh options bk decides for its connections: no ~/.ssh/config, no global
+/// known_hosts, keys only; with `aes`, AES-GCM preferred.
+fn ssh_config_text(aes: bool) -> String {
+    let mut text = String::from(
+        "GlobalKnownHostsFile /dev/null\nServerAliveCountMax 3\nPasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\nUpdateHostKeys no\nHashKnownHosts no\n",
+    );
+    if aes {
+        text.push_str(PREFER_AES_GCM);
+    }
+    text
+}
+
+/// Whether this machine's CPU has AES instructions (without them AES-GCM is slower
+/// than chacha20-poly1305, and ssh's default order is the better one).
+fn aes_in_hardware() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 async fn connect(target: &SshTarget) -> Result<Session, SourceError> {
     let host = target.name.clone();
     for (what, path) in [("key", &target.key), ("known_hosts", &target.known_hosts)] {
@@ -147,16 +187,12 @@ async fn connect(target: &SshTarget) -> Result<Session, SourceError> {
     })?;
     let ssh_config = dir.join("ssh_config");
     if !ssh_config.exists() {
-        // Only what bk decides: no ~/.ssh/config, no global known_hosts, keys only.
-        std::fs::write(
-            &ssh_config,
-            "GlobalKnownHostsFile /dev/null\nServerAliveCountMax 3\nPasswordAuthentication no\n\
-             KbdInteractiveAuthentication no\nUpdateHostKeys no\nHashKnownHosts no\n",
-        )
-        .map_err(|e| SourceError::Connect {
-            host: host.clone(),
-            destination: target.destination(),
-            reason: format!("cannot write {}: {e}", ssh_config.display()),
+        std::fs::write(&ssh_config, ssh_config_text(aes_in_hardware())).map_err(|e| {
+            SourceError::Connect {
+                host: host.clone(),
+                destination: target.destination(),
+                reason: format!("cannot write {}: {e}", ssh_config.display()),
+            }
         })?;
     }
     let mut b = SessionBuilder::default();
@@ -561,6 +597,42 @@ pub async fn output(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ssh refuses to start on a cipher it does not know, so every name bk prefers must
+    /// be one this OpenSSH supports, and the list must not drop one of its defaults.
+    #[test]
+    fn the_preferred_ciphers_are_openssh_defaults_it_supports() {
+        let out = std::process::Command::new("ssh")
+            .args(["-Q", "cipher"])
+            .output()
+            .expect("the OpenSSH client is installed");
+        let supported = String::from_utf8_lossy(&out.stdout);
+        let supported: Vec<&str> = supported.lines().map(str::trim).collect();
+        let text = ssh_config_text(true);
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Ciphers "))
+            .expect("a Ciphers line");
+        let preferred: Vec<&str> = line.split(',').collect();
+        assert_eq!(preferred[0], "aes128-gcm@openssh.com");
+        for cipher in &preferred {
+            assert!(
+                supported.contains(cipher),
+                "ssh does not know {cipher}: {supported:?}"
+            );
+        }
+        for default in [
+            "chacha20-poly1305@openssh.com",
+            "aes128-ctr",
+            "aes192-ctr",
+            "aes256-ctr",
+            "aes128-gcm@openssh.com",
+            "aes256-gcm@openssh.com",
+        ] {
+            assert!(preferred.contains(&default), "{default} left out");
+        }
+        assert!(!ssh_config_text(false).contains("Ciphers"));
+    }
 
     #[test]
     fn finds_the_fingerprint_ssh_printed() {
