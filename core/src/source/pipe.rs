@@ -17,10 +17,23 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+/// A read shorter than this means the reader has caught up with the writer.
+const SHORT_READ: usize = 64 << 10;
+
+/// How long to let the pipe fill after a short read.
+const CATCH_UP_PAUSE: Duration = Duration::from_millis(1);
+
+/// Pipes at least this large hold what a fast source writes during the pause.
+const PAUSE_MIN_PIPE: usize = 512 << 10;
+
 pub struct SourcePipe {
     pipe: File,
     host: String,
     stall: Option<Duration>,
+    /// Whether the pipe is large enough to pause after short reads.
+    may_pause: bool,
+    /// The last read was short: pause before the next.
+    caught_up: bool,
     /// Told when the stream has ended (end of file or an error); dropping it tells too.
     ended: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -36,10 +49,14 @@ impl SourcePipe {
                 return Err(io::Error::last_os_error());
             }
         }
+        // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity (-1 if fd is no pipe).
+        let capacity = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
         Ok(SourcePipe {
             pipe: File::from(fd),
             host: host.to_string(),
             stall: None,
+            may_pause: usize::try_from(capacity).is_ok_and(|c| c >= PAUSE_MIN_PIPE),
+            caught_up: false,
             ended: None,
         })
     }
@@ -106,7 +123,14 @@ impl SourcePipe {
 }
 
 impl Read for SourcePipe {
+    /// After a short read, the next one first sleeps a millisecond. pg_dump writes 4 KiB
+    /// at a time; a reader that wakes for each write costs a context switch per 4 KiB
+    /// on both sides. In a millisecond a fast source fills the 1 MiB pipe by at most
+    /// ~1 MB (so reads stay ahead of 1 GB/s), and a slow one loses nothing.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if std::mem::take(&mut self.caught_up) {
+            std::thread::sleep(CATCH_UP_PAUSE);
+        }
         loop {
             let result = match self.pipe.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -116,8 +140,12 @@ impl Read for SourcePipe {
                 },
                 other => other,
             };
-            if !matches!(result, Ok(n) if n > 0) && !buf.is_empty() {
-                self.end();
+            match result {
+                Ok(n) if n > 0 => {
+                    self.caught_up = self.may_pause && n < SHORT_READ.min(buf.len());
+                }
+                _ if !buf.is_empty() => self.end(),
+                _ => {}
             }
             return result;
         }
@@ -167,8 +195,12 @@ mod tests {
     #[test]
     fn every_byte_then_the_end_and_the_signal() {
         let (read, mut write) = pipe();
+        // A 1 MiB pipe, as the sources get: reads that catch up with the writer pause.
+        // SAFETY: F_SETPIPE_SZ only changes the capacity of a pipe this test owns.
+        unsafe { libc::fcntl(read.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20) };
         let (tx, mut ended) = tokio::sync::oneshot::channel();
         let mut source = SourcePipe::new(read, "web1").expect("pipe").signal_end(tx);
+        assert!(source.may_pause);
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = std::thread::spawn(move || {
