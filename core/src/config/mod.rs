@@ -74,7 +74,8 @@ pub struct RepositoryConfig {
     /// backup still running on another server).
     #[serde(default = "default_gc_grace", with = "humantime_serde")]
     pub gc_grace: Duration,
-    /// Multipart upload part size. Larger parts allow larger objects (S3 caps uploads at 10,000 parts).
+    /// Multipart upload part size of an object's first 5,000 parts; later parts grow
+    /// (S3 caps uploads at 10,000 parts; see pipeline::upload).
     #[serde(default = "default_part_size")]
     pub part_size: ByteSize,
     /// Parts uploaded concurrently per backup. Memory per upload ≈ part_size × (concurrency + 1).

@@ -8,15 +8,138 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayloadMut};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 
 use super::PipelineError;
+
+/// The largest part S3 accepts.
+const MAX_PART: usize = 5 << 30;
+
+/// The size of each part of an upload. S3 and GCS accept at most 10,000 parts per
+/// object, so a fixed 16 MiB part would cap an object at 156 GiB, and a night's dump of a
+/// few hundred GiB of incompressible uploads would fail at its very end. The first
+/// `steady` parts have the configured size (78 GiB at 16 MiB); after that, every `step`
+/// parts the size doubles, up to 5 GiB: 10,000 parts of a 16 MiB start hold 1 TiB. Memory
+/// grows with the part only for objects that need it.
+#[derive(Debug, Clone, Copy)]
+struct PartSizes {
+    base: usize,
+    steady: usize,
+    step: usize,
+}
+
+impl PartSizes {
+    fn new(base: usize) -> PartSizes {
+        PartSizes {
+            base,
+            steady: 5000,
+            step: 1000,
+        }
+    }
+
+    /// The size of part `index` (from 0).
+    fn of(&self, index: usize) -> usize {
+        let doublings = match index.checked_sub(self.steady) {
+            None => 0,
+            Some(past) => past / self.step.max(1) + 1,
+        };
+        let doublings = u32::try_from(doublings).unwrap_or(u32::MAX).min(16);
+        self.base
+            .checked_mul(1 << doublings)
+            .unwrap_or(MAX_PART)
+            .min(MAX_PART.max(self.base))
+    }
+}
+
+/// Cuts the stream into parts and uploads them, at most `concurrency` at once (the
+/// same as object_store's `WriteMultipart`, but with parts that grow).
+struct PartWriter {
+    upload: Box<dyn MultipartUpload>,
+    tasks: JoinSet<object_store::Result<()>>,
+    buffer: PutPayloadMut,
+    sizes: PartSizes,
+    parts: usize,
+}
+
+impl PartWriter {
+    fn new(upload: Box<dyn MultipartUpload>, sizes: PartSizes) -> PartWriter {
+        PartWriter {
+            upload,
+            tasks: JoinSet::new(),
+            buffer: PutPayloadMut::new(),
+            sizes,
+            parts: 0,
+        }
+    }
+
+    /// Waits until fewer than `max` parts are in flight (none, for 0); the first
+    /// failed part's error.
+    async fn wait_for_capacity(&mut self, max: usize) -> object_store::Result<()> {
+        loop {
+            let full = match max {
+                0 => !self.tasks.is_empty(),
+                _ => self.tasks.len() >= max,
+            };
+            if !full {
+                return Ok(());
+            }
+            match self.tasks.join_next().await {
+                None => return Ok(()),
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(join)) => return Err(object_store::Error::JoinError { source: join }),
+            }
+        }
+    }
+
+    /// Adds `chunk`; returns true if it completed a part (now uploading).
+    fn put(&mut self, chunk: Bytes) -> bool {
+        self.buffer.push(chunk);
+        if self.buffer.content_length() < self.sizes.of(self.parts) {
+            return false;
+        }
+        self.send_part();
+        true
+    }
+
+    fn send_part(&mut self) {
+        let part = std::mem::take(&mut self.buffer).freeze();
+        self.parts += 1;
+        self.tasks.spawn(self.upload.put_part(part));
+    }
+
+    /// Uploads what is left, waits for every part and completes the object.
+    async fn finish(mut self, key: &str) -> object_store::Result<()> {
+        if self.buffer.content_length() > 0 {
+            self.send_part();
+        }
+        // A failed part is the cause: report it, not an error from the abort after it.
+        if let Err(e) = self.wait_for_capacity(0).await {
+            self.abort(key).await;
+            return Err(e);
+        }
+        if let Err(e) = self.upload.complete().await {
+            self.abort(key).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stops the parts in flight and abandons the upload; nothing appears in the store.
+    async fn abort(mut self, key: &str) {
+        self.tasks.shutdown().await;
+        if let Err(e) = self.upload.abort().await {
+            tracing::warn!(key, error = %e, "aborting the multipart upload failed; `bk gc` removes leftovers");
+        }
+    }
+}
 
 /// An upload whose bytes have all been handed over, waiting to be finished or aborted.
 pub struct PendingUpload {
     key: Path,
-    writer: WriteMultipart,
+    writer: PartWriter,
 }
 
 impl PendingUpload {
@@ -25,29 +148,17 @@ impl PendingUpload {
     }
 
     /// Completes the object. Only now does it appear in the store.
-    pub async fn finish(mut self) -> Result<(), PipelineError> {
+    pub async fn finish(self) -> Result<(), PipelineError> {
         let key = self.key.to_string();
-        // Wait for the parts in flight first: object_store's `finish` reports the
-        // abort's error instead of the part's when both fail, hiding the cause.
-        if let Err(source) = self.writer.wait_for_capacity(0).await {
-            if let Err(e) = self.writer.abort().await {
-                tracing::warn!(key, error = %e, "aborting the multipart upload failed; `bk gc` removes leftovers");
-            }
-            return Err(PipelineError::Upload { key, source });
-        }
         self.writer
-            .finish()
+            .finish(&key)
             .await
-            .map(|_| ())
             .map_err(|source| PipelineError::Upload { key, source })
     }
 
     /// Abandons the upload; nothing appears in the store.
     pub async fn abort(self) {
-        let key = self.key.to_string();
-        if let Err(e) = self.writer.abort().await {
-            tracing::warn!(key, error = %e, "aborting the multipart upload failed; `bk gc` removes leftovers");
-        }
+        self.writer.abort(self.key.as_ref()).await;
     }
 }
 
@@ -67,26 +178,22 @@ pub async fn upload_parts(
             source,
         })?;
     let mut writeback = local_root.and_then(|root| Writeback::open(&root, &key));
-    let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
-    let mut unflushed = 0;
+    let mut writer = PartWriter::new(upload, PartSizes::new(part_size));
     while let Some(chunk) = chunks.recv().await {
-        unflushed += chunk.len();
-        if unflushed >= part_size {
-            unflushed = 0;
-            if let Some(writeback) = &mut writeback {
-                writeback.start();
-            }
-        }
         if let Err(source) = writer.wait_for_capacity(concurrency).await {
             // Stop receiving first, so the pipeline thread sees the failure at once.
             drop(chunks);
-            let _ = writer.abort().await;
+            writer.abort(key.as_ref()).await;
             return Err(PipelineError::Upload {
                 key: key.to_string(),
                 source,
             });
         }
-        writer.put(chunk);
+        if writer.put(chunk) {
+            if let Some(writeback) = &mut writeback {
+                writeback.start();
+            }
+        }
     }
     Ok(PendingUpload { key, writer })
 }
@@ -159,6 +266,98 @@ mod tests {
                 .expect("root exists")
                 .with_fsync(true),
         )
+    }
+
+    #[test]
+    fn parts_keep_their_size_then_double_and_hold_a_terabyte() {
+        let mib = 1 << 20;
+        let sizes = PartSizes::new(16 * mib);
+        assert_eq!(sizes.of(0), 16 * mib);
+        assert_eq!(sizes.of(4999), 16 * mib);
+        assert_eq!(sizes.of(5000), 32 * mib);
+        assert_eq!(sizes.of(5999), 32 * mib);
+        assert_eq!(sizes.of(6000), 64 * mib);
+        assert_eq!(sizes.of(9999), 512 * mib);
+        let total: u64 = (0..10_000).map(|i| sizes.of(i) as u64).sum();
+        assert!(total >= 1 << 40, "10,000 parts hold {total} bytes");
+        // Never above S3's 5 GiB per part.
+        assert_eq!(PartSizes::new(1 << 30).of(9999), MAX_PART);
+        assert_eq!(PartSizes::new(5 * mib).of(usize::MAX), MAX_PART);
+    }
+
+    /// Records the size of every part on its way to the real upload.
+    #[derive(Debug)]
+    struct Recording {
+        inner: Box<dyn MultipartUpload>,
+        sizes: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+    impl MultipartUpload for Recording {
+        fn put_part(&mut self, data: object_store::PutPayload) -> object_store::UploadPart {
+            self.sizes
+                .lock()
+                .expect("not poisoned")
+                .push(data.content_length());
+            self.inner.put_part(data)
+        }
+
+        fn complete<'a, 'b>(
+            &'a mut self,
+        ) -> Boxed<'b, object_store::Result<object_store::PutResult>>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            self.inner.complete()
+        }
+
+        fn abort<'a, 'b>(&'a mut self) -> Boxed<'b, object_store::Result<()>>
+        where
+            'a: 'b,
+            Self: 'b,
+        {
+            self.inner.abort()
+        }
+    }
+
+    #[tokio::test]
+    async fn parts_grow_on_schedule_and_the_object_is_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = local_store(dir.path());
+        let key = Path::from("backups/job/20261130T000000.000Z-0123456789abcdef/payload.age");
+        let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let upload = Recording {
+            inner: store.put_multipart(&key).await.expect("upload starts"),
+            sizes: recorded.clone(),
+        };
+        let sizes = PartSizes {
+            base: 100_000,
+            steady: 3,
+            step: 2,
+        };
+        let mut writer = PartWriter::new(Box::new(upload), sizes);
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 233) as u8).collect();
+        for piece in data.chunks(50_000) {
+            writer.wait_for_capacity(2).await.expect("parts upload");
+            writer.put(Bytes::copy_from_slice(piece));
+        }
+        writer.finish(key.as_ref()).await.expect("completes");
+        let stored = store
+            .get(&key)
+            .await
+            .expect("object")
+            .bytes()
+            .await
+            .expect("read");
+        assert_eq!(stored.as_ref(), data.as_slice());
+        let recorded = recorded.lock().expect("not poisoned").clone();
+        // 3 parts of 100 kB, 2 of 200 kB, 2 of 400 kB, then 800 kB parts and the rest.
+        assert_eq!(
+            recorded,
+            [100_000, 100_000, 100_000, 200_000, 200_000, 400_000, 400_000, 800_000, 700_000]
+        );
     }
 
     /// The hint depends on where object_store stages a local upload; an upgrade that
