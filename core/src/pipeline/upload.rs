@@ -260,6 +260,11 @@ mod tests {
     use super::*;
     use object_store::local::LocalFileSystem;
 
+    async fn read_back(store: &Arc<dyn ObjectStore>, key: &Path) -> Bytes {
+        let got = store.get(key).await.expect("the object exists");
+        got.bytes().await.expect("the object reads back")
+    }
+
     fn local_store(root: &std::path::Path) -> Arc<dyn ObjectStore> {
         Arc::new(
             LocalFileSystem::new_with_prefix(root)
@@ -344,13 +349,7 @@ mod tests {
             writer.put(Bytes::copy_from_slice(piece));
         }
         writer.finish(key.as_ref()).await.expect("completes");
-        let stored = store
-            .get(&key)
-            .await
-            .expect("object")
-            .bytes()
-            .await
-            .expect("read");
+        let stored = read_back(&store, &key).await;
         assert_eq!(stored.as_ref(), data.as_slice());
         let recorded = recorded.lock().expect("not poisoned").clone();
         // 3 parts of 100 kB, 2 of 200 kB, 2 of 400 kB, then 800 kB parts and the rest.
@@ -392,13 +391,7 @@ mod tests {
         drop(tx);
         let pending = upload.await.expect("task").expect("upload");
         pending.finish().await.expect("completes");
-        let stored = store
-            .get(&key)
-            .await
-            .expect("object")
-            .bytes()
-            .await
-            .expect("read");
+        let stored = read_back(&store, &key).await;
         assert_eq!(stored.as_ref(), data.as_slice());
         assert!(!dir.path().join(format!("{key}#1")).exists());
     }
