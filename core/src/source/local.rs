@@ -32,7 +32,6 @@ impl LocalProcess {
             .kill_on_drop(true)
             .spawn()?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        super::grow_pipe(&stdout);
         let stdout = SourcePipe::new(stdout.into_owned_fd()?, "local")?;
         let stderr = child.stderr.take().expect("stderr is piped");
         let stderr = tokio::spawn(collect_stderr(stderr, None));

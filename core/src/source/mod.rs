@@ -111,17 +111,6 @@ pub enum SourceError {
     },
 }
 
-/// A 1 MiB pipe instead of Linux's 64 KiB for a dump's stdout: the dump tool (or, for a
-/// remote source, the ssh master relaying it) can run ahead of the pipeline and each
-/// read drains more, so far fewer wake-ups per gigabyte. Best effort: the kernel may
-/// refuse (pipe-max-size), and then the default pipe is used.
-fn grow_pipe(pipe: &impl std::os::fd::AsRawFd) {
-    // SAFETY: F_SETPIPE_SZ on a pipe fd we own only changes its capacity.
-    unsafe {
-        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
-    }
-}
-
 fn stderr_suffix(stderr: &str) -> String {
     let s = stderr.trim();
     if s.is_empty() {

@@ -409,7 +409,6 @@ impl RemoteProcess {
             reason: super::error_chain(&e),
         })?;
         let stdout = child.stdout().take().expect("stdout is piped");
-        super::grow_pipe(&stdout);
         let stdout = stdout
             .into_owned_fd()
             .and_then(|fd| SourcePipe::new(fd, &target.name))
