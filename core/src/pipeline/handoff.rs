@@ -234,16 +234,45 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
     }
 }
 
-impl<W: Write + Send + 'static> Write for WriteBehind<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        if self.buf.len() == self.block {
+impl<W: Write + Send + 'static> WriteBehind<W> {
+    /// The block being gathered, with room for at least one more byte: a full one is
+    /// handed over first.
+    fn open_block(&mut self) -> io::Result<&mut Vec<u8>> {
+        if self.buf.len() >= self.block {
             self.send()?;
         }
         if self.buf.capacity() < self.block {
             self.buf.reserve_exact(self.block - self.buf.len());
         }
-        let n = (self.block - self.buf.len()).min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
+        Ok(&mut self.buf)
+    }
+
+    /// Lets `fill` append to the block being gathered, in place: a producer with an
+    /// output buffer of its own (zstd) writes straight into the block instead of into
+    /// its buffer and then, through `write`, into the block. `fill` may append up to
+    /// the block's capacity and must not reallocate it.
+    pub fn fill_with<T>(
+        &mut self,
+        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<T>,
+    ) -> io::Result<T> {
+        let block = self.open_block()?;
+        let capacity = block.capacity();
+        let filled = fill(block);
+        debug_assert_eq!(
+            self.buf.capacity(),
+            capacity,
+            "fill_with reallocated the block"
+        );
+        filled
+    }
+}
+
+impl<W: Write + Send + 'static> Write for WriteBehind<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let block = self.block;
+        let buf = self.open_block()?;
+        let n = block.saturating_sub(buf.len()).min(data.len());
+        buf.extend_from_slice(&data[..n]);
         Ok(n)
     }
 
