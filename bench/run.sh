@@ -113,11 +113,16 @@ tar cf - -C "$DATA" . | cat >/dev/null
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
-# quiet: wait (at most $QUIET_WAIT s) until the machine has been nearly idle for a second
-# (under a fifth of a core busy), so that a run does not start in the middle of somebody
-# else's compile. Runs that could not wait show it in the "other CPU s" column.
+# quiet: write out what earlier runs left in the page cache, then wait (at most
+# $QUIET_WAIT s) until the machine has been nearly idle for a second (under a fifth of a
+# core busy), so that a run does not start in the middle of somebody else's compile.
+# Runs that could not wait show it in the "other CPU s" column. The `sync` matters since
+# the tools take turns: without it a run shares the disk with the writeback of the
+# previous tool's ~760 MiB, which slows most the tools that make their output durable
+# (bk syncs what it stored before it commits it; the shell pipeline's `> FILE` does not).
 quiet() {
     local waited=0 b0 b1
+    sync
     while ((waited < QUIET_WAIT)); do
         b0=$(busy); sleep 1; b1=$(busy)
         (((b1 - b0) * 5 < HZ)) && return 0
@@ -138,7 +143,7 @@ measure() {
     shift 6
     local run wall user sys rss size b0 b1 other
     for ((run = 1; run <= RUNS; run++)); do
-        say "$tool: $op (run $run/$RUNS)"
+        say "$tool: $op (run ${ROUND:-$run}/${ROUNDS:-$RUNS})"
         eval "$setup" || die "$tool $op: preparing run $run failed ($setup)"
         quiet
         b0=$(busy)
@@ -156,6 +161,20 @@ measure() {
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
             "$tool" "$op" "$run" "$wall" "$user" "$sys" "$rss" "$size" "$other" \
             "${STEP_BYTES:-$DATA_BYTES}" >>"$ROWS"
+    done
+}
+
+# rounds STEP...: runs the step functions (each one `measure` of one run) one after the
+# other, $RUNS rounds of them: bk, the shell pipeline and the peers take turns, seconds
+# apart, so that this machine's speed drifting over minutes reaches all of them alike and
+# the ratios compare like with like (measured one tool's three runs after the other's,
+# the shell's backup took 3.63 s in one run and 4.67 s in the next, 13 minutes later).
+rounds() {
+    local round step
+    for ((round = 1; round <= RUNS; round++)); do
+        for step in "$@"; do
+            ROUND=$round ROUNDS=$RUNS RUNS=1 "$step"
+        done
     done
 }
 
@@ -189,74 +208,100 @@ EOF
 chmod 600 "$BKW/bk.toml"
 
 # A new repository and catalog for every run, so each backup is a first, full one.
-measure bk backup "$BKW/repo" bk-backup.json \
-    'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
-    "$BK" --config "$BKW/bk.toml" run data --json
-python3 - "$LOGS/bk-backup.json" >&2 <<'EOF' || die "bk run --json did not print the expected JSON (see $LOGS/bk-backup.json)"
-import json, sys
-doc = json.load(open(sys.argv[1]))
-print("bench: bk backup %s: source %d bytes, stored %d bytes"
-      % (doc["backup_id"], doc["source_size"], doc["stored_size"]))
-EOF
-
-measure bk "$VERIFY" - bk-verify.log : -- \
-    "$BK" --config "$BKW/bk.toml" restore data latest --identity "$BKW/identity.age" --verify
+step_bk_backup() {
+    measure bk backup "$BKW/repo" bk-backup.json \
+        'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
+        "$BK" --config "$BKW/bk.toml" run data --json
+}
+step_bk_verify() {
+    measure bk "$VERIFY" - bk-verify.log : -- \
+        "$BK" --config "$BKW/bk.toml" restore data latest --identity "$BKW/identity.age" --verify
+}
 # bk restores into a new (or empty) directory.
-measure bk "$RESTORE" - bk-restore.log 'rm -rf "$RESTORED"' -- \
-    "$BK" --config "$BKW/bk.toml" restore data latest --identity "$BKW/identity.age" --to "$RESTORED"
-rm -rf "$RESTORED"
+step_bk_restore() {
+    measure bk "$RESTORE" - bk-restore.log 'rm -rf "$RESTORED"' -- \
+        "$BK" --config "$BKW/bk.toml" restore data latest --identity "$BKW/identity.age" --to "$RESTORED"
+}
 
 # ------------------------------------------------------------------- 4b. shell pipeline
 # The same payload format bk writes (age ∘ zstd ∘ tar), built from the stock tools:
 # this is the speed bk's streaming pipeline should match.
 SH=$OUT/shell
 CIPHER=$SH/data.tar.zst.age
-measure shell backup "$CIPHER" shell-backup.log 'fresh "$SH"' -- \
-    bash -o pipefail -c 'tar cf - -C "$1" . | zstd -q -"$2" -T0 | age -r "$3" >"$4"' \
-    _ "$DATA" "$LEVEL" "$RECIPIENT" "$CIPHER"
-measure shell "$VERIFY" - shell-verify.log : -- \
-    bash -o pipefail -c 'age -d -i "$1" "$2" | zstd -q -d | tar tf - >/dev/null' \
-    _ "$BKW/identity.age" "$CIPHER"
-measure shell "$RESTORE" - shell-restore.log 'fresh "$RESTORED"' -- \
-    bash -o pipefail -c 'age -d -i "$1" "$2" | zstd -q -d | tar xf - -C "$3"' \
-    _ "$BKW/identity.age" "$CIPHER" "$RESTORED"
-rm -rf "$RESTORED"
+step_shell_backup() {
+    measure shell backup "$CIPHER" shell-backup.log 'fresh "$SH"' -- \
+        bash -o pipefail -c 'tar cf - -C "$1" . | zstd -q -"$2" -T0 | age -r "$3" >"$4"' \
+        _ "$DATA" "$LEVEL" "$RECIPIENT" "$CIPHER"
+}
+step_shell_verify() {
+    measure shell "$VERIFY" - shell-verify.log : -- \
+        bash -o pipefail -c 'age -d -i "$1" "$2" | zstd -q -d | tar tf - >/dev/null' \
+        _ "$BKW/identity.age" "$CIPHER"
+}
+step_shell_restore() {
+    measure shell "$RESTORE" - shell-restore.log 'fresh "$RESTORED"' -- \
+        bash -o pipefail -c 'age -d -i "$1" "$2" | zstd -q -d | tar xf - -C "$3"' \
+        _ "$BKW/identity.age" "$CIPHER" "$RESTORED"
+}
 
 # ------------------------------------------------------------------------ 4c. peers
-if [[ $PEERS == 1 ]]; then
-    # restic: a fresh repository (and cache) for every run, so the backup is a full one.
-    # Debian 12 ships restic 0.14: repository format v2, compression "auto" (zstd's
-    # fastest level) by default. `restic init` is not timed.
-    export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$OUT/restic-cache
-    restic_fresh() {
-        rm -rf "$OUT/restic" "$RESTIC_CACHE_DIR"
-        restic -r "$OUT/restic" init >"$LOGS/restic-init.log" 2>&1 \
-            || die "restic init failed (see $LOGS/restic-init.log)"
-    }
+# restic: a fresh repository (and cache) for every run, so the backup is a full one.
+# Debian 12 ships restic 0.14: repository format v2, compression "auto" (zstd's
+# fastest level) by default. `restic init` is not timed.
+export RESTIC_PASSWORD=bench RESTIC_CACHE_DIR=$OUT/restic-cache
+restic_fresh() {
+    rm -rf "$OUT/restic" "$RESTIC_CACHE_DIR"
+    restic -r "$OUT/restic" init >"$LOGS/restic-init.log" 2>&1 \
+        || die "restic init failed (see $LOGS/restic-init.log)"
+}
+step_restic_backup() {
     measure restic backup "$OUT/restic" restic-backup.log restic_fresh -- \
         restic -r "$OUT/restic" backup --quiet "$DATA"
+}
+step_restic_restore() {
     measure restic "$RESTORE" - restic-restore.log 'fresh "$RESTORED"' -- \
         restic -r "$OUT/restic" restore latest --quiet --target "$RESTORED"
-    rm -rf "$RESTORED" "$OUT/restic" "$RESTIC_CACHE_DIR"
+}
 
-    # borg 1.2: authenticated encryption with the key in the repository, zstd at the same
-    # level as bk. BORG_BASE_DIR keeps its cache and security files out of $HOME, and
-    # fresh for every run. `borg init` is not timed.
-    export BORG_PASSPHRASE=bench BORG_BASE_DIR=$OUT/borg-home
-    export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
-    borg_fresh() {
-        rm -rf "$OUT/borg" "$BORG_BASE_DIR"
-        borg init --encryption=repokey-blake2 "$OUT/borg" >"$LOGS/borg-init.log" 2>&1 \
-            || die "borg init failed (see $LOGS/borg-init.log)"
-    }
-    # Run from inside the data set so archived paths are relative (./…), as with tar.
+# borg 1.2: authenticated encryption with the key in the repository, zstd at the same
+# level as bk. BORG_BASE_DIR keeps its cache and security files out of $HOME, and
+# fresh for every run. `borg init` is not timed.
+export BORG_PASSPHRASE=bench BORG_BASE_DIR=$OUT/borg-home
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+borg_fresh() {
+    rm -rf "$OUT/borg" "$BORG_BASE_DIR"
+    borg init --encryption=repokey-blake2 "$OUT/borg" >"$LOGS/borg-init.log" 2>&1 \
+        || die "borg init failed (see $LOGS/borg-init.log)"
+}
+# Run from inside the data set so archived paths are relative (./…), as with tar.
+step_borg_backup() {
     measure borg backup "$OUT/borg" borg-backup.log borg_fresh -- \
         bash -c 'cd "$1" && borg create --compression "zstd,$2" "$3::bench" .' \
         _ "$DATA" "$LEVEL" "$OUT/borg"
+}
+step_borg_restore() {
     measure borg "$RESTORE" - borg-restore.log 'fresh "$RESTORED"' -- \
         bash -c 'cd "$1" && borg extract "$2::bench"' _ "$RESTORED" "$OUT/borg"
-    rm -rf "$RESTORED" "$OUT/borg" "$BORG_BASE_DIR"
+}
+
+# ------------------------------------------ 4d. the steps, each round every tool in turn
+BACKUPS=(step_bk_backup step_shell_backup)
+RESTORES=(step_bk_restore step_shell_restore)
+if [[ $PEERS == 1 ]]; then
+    BACKUPS+=(step_restic_backup step_borg_backup)
+    RESTORES+=(step_restic_restore step_borg_restore)
 fi
+rounds "${BACKUPS[@]}"
+python3 - "$LOGS/bk-backup.json" >&2 <<'EOF' || die "bk run --json did not print the expected JSON (see $LOGS/bk-backup.json)"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+print("bench: bk backup %s: source %d bytes, stored %d bytes"
+      % (doc["backup_id"], doc["source_size"], doc["stored_size"]))
+EOF
+# Each tool's repository now holds the backup of its last round.
+rounds step_bk_verify step_shell_verify
+rounds "${RESTORES[@]}"
+rm -rf "$RESTORED" "$SH" "$OUT/restic" "$RESTIC_CACHE_DIR" "$OUT/borg" "$BORG_BASE_DIR"
 
 # free_port: a TCP port on 127.0.0.1 nobody listens on right now.
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -315,14 +360,19 @@ kind = "directory"
 path = "$DATA"
 EOF
     SSH_OP="backup over SSH"
-    measure bk "$SSH_OP" "$BKW/repo" bk-ssh-backup.log \
-        'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
-        "$BK" --config "$BKW/bk.toml" run remote
-    measure shell "$SSH_OP" "$SH/ssh.tar.zst.age" shell-ssh-backup.log 'fresh "$SH"' -- \
-        bash -o pipefail -c 'ssh -i "$1" -p "$2" -o UserKnownHostsFile="$3" -o StrictHostKeyChecking=yes \
-            -o BatchMode=yes root@127.0.0.1 "$4" | zstd -q -"$5" -T0 | age -r "$6" >"$7"' \
-        _ "$SSHW/client_key" "$SSH_PORT" "$SSHW/known_hosts" "tar cf - -C $DATA ." "$LEVEL" "$RECIPIENT" \
-        "$SH/ssh.tar.zst.age"
+    step_bk_ssh() {
+        measure bk "$SSH_OP" "$BKW/repo" bk-ssh-backup.log \
+            'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
+            "$BK" --config "$BKW/bk.toml" run remote
+    }
+    step_shell_ssh() {
+        measure shell "$SSH_OP" "$SH/ssh.tar.zst.age" shell-ssh-backup.log 'fresh "$SH"' -- \
+            bash -o pipefail -c 'ssh -i "$1" -p "$2" -o UserKnownHostsFile="$3" -o StrictHostKeyChecking=yes \
+                -o BatchMode=yes root@127.0.0.1 "$4" | zstd -q -"$5" -T0 | age -r "$6" >"$7"' \
+            _ "$SSHW/client_key" "$SSH_PORT" "$SSHW/known_hosts" "tar cf - -C $DATA ." "$LEVEL" "$RECIPIENT" \
+            "$SH/ssh.tar.zst.age"
+    }
+    rounds step_bk_ssh step_shell_ssh
     rm -rf "$SH"
 fi
 
@@ -360,12 +410,17 @@ conninfo = "host=$PGW port=$PG_PORT user=postgres"
 allow_primary = true
 EOF
     DB_OP="backup of a database (pg_dump)"
-    STEP_BYTES=$DB_BYTES measure bk "$DB_OP" "$BKW/repo" bk-db-backup.log \
-        'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
-        env PATH="$PGBIN:$PATH" "$BK" --config "$BKW/bk.toml" run db
-    STEP_BYTES=$DB_BYTES measure shell "$DB_OP" "$OUT/db.dump.zst.age" shell-db-backup.log : -- \
-        bash -o pipefail -c '"$1" -Fc -Z0 -h "$2" -p "$3" -U postgres bench | zstd -q -"$4" -T0 | age -r "$5" >"$6"' \
-        _ "$PGDUMP" "$PGW" "$PG_PORT" "$LEVEL" "$RECIPIENT" "$OUT/db.dump.zst.age"
+    step_bk_db() {
+        STEP_BYTES=$DB_BYTES measure bk "$DB_OP" "$BKW/repo" bk-db-backup.log \
+            'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
+            env PATH="$PGBIN:$PATH" "$BK" --config "$BKW/bk.toml" run db
+    }
+    step_shell_db() {
+        STEP_BYTES=$DB_BYTES measure shell "$DB_OP" "$OUT/db.dump.zst.age" shell-db-backup.log : -- \
+            bash -o pipefail -c '"$1" -Fc -Z0 -h "$2" -p "$3" -U postgres bench | zstd -q -"$4" -T0 | age -r "$5" >"$6"' \
+            _ "$PGDUMP" "$PGW" "$PG_PORT" "$LEVEL" "$RECIPIENT" "$OUT/db.dump.zst.age"
+    }
+    rounds step_bk_db step_shell_db
     rm -f "$OUT/db.dump.zst.age"
 fi
 
