@@ -75,10 +75,12 @@ pub struct RepositoryConfig {
     #[serde(default = "default_gc_grace", with = "humantime_serde")]
     pub gc_grace: Duration,
     /// Multipart upload part size of an object's first 5,000 parts; later parts grow
-    /// (S3 caps uploads at 10,000 parts; see pipeline::upload).
+    /// (S3 caps uploads at 10,000 parts; see pipeline::upload). Cloud stores only: a
+    /// `file://` repository writes each 1 MiB chunk as it comes.
     #[serde(default = "default_part_size")]
     pub part_size: ByteSize,
-    /// Parts uploaded concurrently per backup. Memory per upload ≈ part_size × (concurrency + 1).
+    /// Parts uploaded concurrently per backup. Memory per upload to a cloud store ≈
+    /// part_size × (concurrency + 1).
     #[serde(default = "default_upload_concurrency")]
     pub upload_concurrency: usize,
 }
