@@ -408,6 +408,27 @@ mod tests {
         assert!(Writeback::open(dir.path(), &key).is_some());
     }
 
+    type Upload = tokio::task::JoinHandle<Result<PendingUpload, PipelineError>>;
+
+    /// Starts `upload_parts` into a `file://` repository at `root`; send it chunks.
+    fn local_upload(
+        store: &Arc<dyn ObjectStore>,
+        key: &Path,
+        root: &std::path::Path,
+        part_size: usize,
+    ) -> (mpsc::Sender<Bytes>, Upload) {
+        let (tx, rx) = mpsc::channel(4);
+        let upload = tokio::spawn(upload_parts(
+            store.clone(),
+            key.clone(),
+            rx,
+            part_size,
+            2,
+            Some(root.to_path_buf()),
+        ));
+        (tx, upload)
+    }
+
     /// A `file://` repository gets each chunk as a part of its own: three 1 MiB chunks
     /// reach the staging file while the upload is still open, though `part_size` is
     /// 16 MiB (gathering that much first would hold it in memory).
@@ -416,15 +437,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = local_store(dir.path());
         let key = Path::from("backups/job/20261130T000000.000Z-0123456789abcdef/payload.age");
-        let (tx, rx) = mpsc::channel(4);
-        let upload = tokio::spawn(upload_parts(
-            store.clone(),
-            key.clone(),
-            rx,
-            16 << 20,
-            2,
-            Some(dir.path().to_path_buf()),
-        ));
+        let (tx, upload) = local_upload(&store, &key, dir.path(), 16 << 20);
         let chunk = Bytes::from(vec![7u8; super::super::chunks::CHUNK]);
         for _ in 0..3 {
             tx.send(chunk.clone()).await.expect("sent");
@@ -454,15 +467,7 @@ mod tests {
         let store = local_store(dir.path());
         let key = Path::from("backups/job/20261130T000000.000Z-0123456789abcdef/payload.age");
         let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 241) as u8).collect();
-        let (tx, rx) = mpsc::channel(4);
-        let upload = tokio::spawn(upload_parts(
-            store.clone(),
-            key.clone(),
-            rx,
-            1 << 20,
-            2,
-            Some(dir.path().to_path_buf()),
-        ));
+        let (tx, upload) = local_upload(&store, &key, dir.path(), 1 << 20);
         for piece in data.chunks(300_000) {
             tx.send(Bytes::copy_from_slice(piece)).await.expect("sent");
         }
