@@ -132,39 +132,37 @@ quiet() {
 }
 
 # measure TOOL OPERATION OUTPUT_PATH LOG SETUP -- COMMAND...
-# Runs COMMAND $RUNS times under GNU time, each time after the (untimed) shell command
-# SETUP, with stdout in $LOGS/LOG and stderr in $LOGS/LOG.err (of the last run). Appends
-# one row per run to $ROWS; the report keeps the median run. OUTPUT_PATH ("-" for none)
-# is measured after each run with du (apparent size).
+# Runs COMMAND once under GNU time, after the (untimed) shell command SETUP, with stdout
+# in $LOGS/LOG and stderr in $LOGS/LOG.err. Appends one row to $ROWS, numbered $ROUND
+# (set by `rounds`, which repeats the steps); the report keeps the median run of each
+# step. OUTPUT_PATH ("-" for none) is measured after the run with du (apparent size).
 : >"$ROWS"
 measure() {
     local tool=$1 op=$2 output=$3 log=$4 setup=$5
     [[ $6 == -- ]] || die "measure: expected -- before the command"
     shift 6
-    local run wall user sys rss size b0 b1 other
-    for ((run = 1; run <= RUNS; run++)); do
-        say "$tool: $op (run ${ROUND:-$run}/${ROUNDS:-$RUNS})"
-        eval "$setup" || die "$tool $op: preparing run $run failed ($setup)"
-        quiet
-        b0=$(busy)
-        if ! /usr/bin/time -o "$TIMEF" -f '%e %U %S %M' "$@" >"$LOGS/$log" 2>"$LOGS/$log.err"; then
-            tail -n 20 "$LOGS/$log" "$LOGS/$log.err" >&2
-            die "$tool $op failed (output in $LOGS/$log and $LOGS/$log.err)"
-        fi
-        b1=$(busy)
-        # On success the time file holds exactly one line.
-        read -r wall user sys rss <"$TIMEF"
-        other=$(awk -v b="$((b1 - b0))" -v hz="$HZ" -v u="$user" -v s="$sys" \
-            'BEGIN {o = b / hz - u - s; printf "%.1f", (o < 0 ? 0 : o)}')
-        size=-
-        [[ $output == - ]] || size=$(du -sb --apparent-size "$output" | cut -f1)
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
-            "$tool" "$op" "$run" "$wall" "$user" "$sys" "$rss" "$size" "$other" \
-            "${STEP_BYTES:-$DATA_BYTES}" >>"$ROWS"
-    done
+    local run=${ROUND:-1} wall user sys rss size b0 b1 other
+    say "$tool: $op (run $run/${ROUNDS:-1})"
+    eval "$setup" || die "$tool $op: preparing run $run failed ($setup)"
+    quiet
+    b0=$(busy)
+    if ! /usr/bin/time -o "$TIMEF" -f '%e %U %S %M' "$@" >"$LOGS/$log" 2>"$LOGS/$log.err"; then
+        tail -n 20 "$LOGS/$log" "$LOGS/$log.err" >&2
+        die "$tool $op failed (output in $LOGS/$log and $LOGS/$log.err)"
+    fi
+    b1=$(busy)
+    # On success the time file holds exactly one line.
+    read -r wall user sys rss <"$TIMEF"
+    other=$(awk -v b="$((b1 - b0))" -v hz="$HZ" -v u="$user" -v s="$sys" \
+        'BEGIN {o = b / hz - u - s; printf "%.1f", (o < 0 ? 0 : o)}')
+    size=-
+    [[ $output == - ]] || size=$(du -sb --apparent-size "$output" | cut -f1)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+        "$tool" "$op" "$run" "$wall" "$user" "$sys" "$rss" "$size" "$other" \
+        "${STEP_BYTES:-$DATA_BYTES}" >>"$ROWS"
 }
 
-# rounds STEP...: runs the step functions (each one `measure` of one run) one after the
+# rounds STEP...: runs the step functions (each one `measure`) one after the
 # other, $RUNS rounds of them: bk, the shell pipeline and the peers take turns, seconds
 # apart, so that this machine's speed drifting over minutes reaches all of them alike and
 # the ratios compare like with like (measured one tool's three runs after the other's,
@@ -173,7 +171,7 @@ rounds() {
     local round step
     for ((round = 1; round <= RUNS; round++)); do
         for step in "$@"; do
-            ROUND=$round ROUNDS=$RUNS RUNS=1 "$step"
+            ROUND=$round ROUNDS=$RUNS "$step"
         done
     done
 }
@@ -442,10 +440,10 @@ kind = "command"
 command = "$OUT/stream.sh"
 EOF
     BIG_OP="backup of a $BIG_GB GiB stream"
-    STEP_BYTES=$BIG_BYTES RUNS=1 measure bk "$BIG_OP" "$BKW/repo" bk-big-backup.log \
+    STEP_BYTES=$BIG_BYTES measure bk "$BIG_OP" "$BKW/repo" bk-big-backup.log \
         'rm -rf "$BKW/repo" "$BKW"/catalog.db* && mkdir "$BKW/repo"' -- \
         "$BK" --config "$BKW/bk.toml" run big
-    STEP_BYTES=$BIG_BYTES RUNS=1 measure bk "restore --verify of a $BIG_GB GiB stream" - bk-big-verify.log : -- \
+    STEP_BYTES=$BIG_BYTES measure bk "restore --verify of a $BIG_GB GiB stream" - bk-big-verify.log : -- \
         "$BK" --config "$BKW/bk.toml" restore big latest --identity "$BKW/identity.age" --verify
     rm -rf "$BKW/repo"
 fi
