@@ -1,6 +1,8 @@
 //! Garage, for real: a store that accepts `If-None-Match: *` and overwrites anyway. bk
 //! must notice (and say so in `bk status`), still never lose or overwrite a committed
 //! backup, and keep backing up when one node of a three-node cluster dies mid-upload.
+//! `bk gc` finds and aborts unfinished multipart uploads (Garage checks signatures and
+//! reports real start times, which moto does not).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -120,4 +122,49 @@ fn a_backup_completes_when_one_of_three_nodes_dies_mid_upload() {
         "--verify",
     ])
     .ok();
+}
+
+#[test]
+fn gc_aborts_an_unfinished_upload_once_older_than_the_grace() {
+    let garage = Garage::start(1);
+    let mut ws = Workspace::new();
+    garage.use_in(&mut ws, 0, "prod");
+    command_job(&mut ws, "db", 1 << 20);
+    ws.bk(&["run", "db"]).ok();
+    let bucket = &garage.bucket;
+    let key = "prod/backups/db/20261130T010000.000Z-0000000000000000/payload.age";
+    garage.python(&format!(
+        "u = s3.create_multipart_upload(Bucket='{bucket}', Key='{key}')\n\
+         s3.upload_part(Bucket='{bucket}', Key='{key}', UploadId=u['UploadId'], PartNumber=1, Body=b'x' * 1024)\n\
+         s3.create_multipart_upload(Bucket='{bucket}', Key='elsewhere/backups/db/1/payload.age')"
+    ));
+    let open = || {
+        let out = garage.python(&format!(
+            "for u in s3.list_multipart_uploads(Bucket='{bucket}').get('Uploads', []):\n    print(u['Key'])"
+        ));
+        let mut keys: Vec<String> = out.lines().map(String::from).collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(open().len(), 2);
+    // Started a moment ago: younger than the default grace (24h), left alone.
+    let kept = ws.bk(&["gc", "--json"]).ok().json();
+    assert_eq!(kept["aborted_uploads"].as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        kept["kept_recent"],
+        serde_json::json!([
+            "backups/db/20261130T010000.000Z-0000000000000000/payload.age (unfinished upload)"
+        ])
+    );
+    let report = ws.bk(&["gc", "--grace", "0s", "--json"]).ok().json();
+    let aborted = report["aborted_uploads"]
+        .as_array()
+        .expect("aborted_uploads");
+    assert_eq!(aborted.len(), 1, "{report}");
+    assert_eq!(
+        aborted[0]["key"],
+        "backups/db/20261130T010000.000Z-0000000000000000/payload.age"
+    );
+    assert_eq!(open(), ["elsewhere/backups/db/1/payload.age"]);
+    ws.bk(&["verify"]).ok();
 }

@@ -1,7 +1,7 @@
 //! Object storage for real: bk against an S3 server (moto) on loopback. Uploads that
 //! cannot lie (a paused store fails the run, nothing half-written is committed, no
-//! multipart upload is left open), key-less scrubs naming the damaged key, catalog
-//! rebuilt from the bucket alone, and memory bounded while the store stalls.
+//! multipart upload is left open once `bk gc` ran), key-less scrubs naming the damaged
+//! key, catalog rebuilt from the bucket alone, and memory bounded while the store stalls.
 
 use std::process::Command;
 use std::time::Duration;
@@ -167,7 +167,16 @@ fn a_store_that_stops_answering_fails_the_run_and_commits_nothing() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The store stops answering in the middle of the upload.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.open_multipart_uploads("outage") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     server.pause();
     let out = child.wait_with_output().unwrap();
     server.resume();
@@ -190,7 +199,8 @@ fn a_store_that_stops_answering_fails_the_run_and_commits_nothing() {
         .clone();
     assert_eq!(big["last_run"]["status"], "failed");
 
-    // Back up again once the store answers; then gc leaves no uncommitted object.
+    // Back up again once the store answers; then gc leaves no uncommitted object and no
+    // unfinished upload (the failed run's abort could not reach the paused store).
     ws.bk(&["run", "big"]).ok();
     ws.bk(&["gc", "--grace", "0s"]).ok();
     for key in server.keys("outage", "backups/") {
@@ -234,4 +244,64 @@ fn memory_stays_bounded_while_the_store_stalls() {
     let rss = out.max_rss_kib / 1024;
     eprintln!("peak RSS of a 1 GiB backup to a stalling S3 server: {rss} MiB");
     assert!(rss < 200, "peak RSS {rss} MiB");
+}
+
+#[test]
+fn gc_aborts_unfinished_uploads_once_older_than_the_grace() {
+    let server = S3Server::start();
+    server.create_bucket("leftovers");
+    let mut ws = Workspace::new();
+    s3::use_s3(&mut ws, &server, "leftovers", "team/bk");
+    command_job(&mut ws, "db", 1 << 20);
+    ws.bk(&["run", "db"]).ok();
+    let good = ws.backup_ids("db");
+    // What failed runs leave (one with a part), and beside them uploads bk must not
+    // touch: elsewhere in the repository and outside its prefix.
+    server.python(
+        "for i in range(3):\n    s3.create_multipart_upload(Bucket='leftovers', Key=f'team/bk/backups/db/20261130T0000{i:04d}Z-0/payload.age')\n\
+         u = s3.create_multipart_upload(Bucket='leftovers', Key='team/bk/backups/db/20261130T0100Z-0/manifest.age')\n\
+         s3.upload_part(Bucket='leftovers', Key='team/bk/backups/db/20261130T0100Z-0/manifest.age', UploadId=u['UploadId'], PartNumber=1, Body=b'x' * 1024)\n\
+         for key in ['team/bk/elsewhere/x', 'other/backups/db/1/payload.age']:\n    s3.create_multipart_upload(Bucket='leftovers', Key=key)",
+    );
+    assert_eq!(server.open_multipart_uploads("leftovers"), 6);
+
+    // Younger than the grace: left alone, and said so. (moto reports every upload as
+    // started on 2010-11-10, so the grace that keeps them is counted in years.)
+    let kept = ws.bk(&["gc", "--grace", "30years", "--json"]).ok().json();
+    assert_eq!(kept["aborted_uploads"].as_array().map(Vec::len), Some(0));
+    let recent = kept["kept_recent"].as_array().expect("kept_recent");
+    assert_eq!(recent.len(), 4, "{kept}");
+    assert!(recent.contains(&serde_json::json!(
+        "backups/db/20261130T0100Z-0/manifest.age (unfinished upload)"
+    )));
+    assert_eq!(server.open_multipart_uploads("leftovers"), 6);
+
+    let dry = ws
+        .bk(&["gc", "--grace", "0s", "--dry-run", "--json"])
+        .ok()
+        .json();
+    assert_eq!(dry["aborted_uploads"].as_array().map(Vec::len), Some(4));
+    let report = ws.bk(&["gc", "--grace", "0s"]).ok();
+    assert!(
+        report.stdout.contains("aborted 4 unfinished upload(s)")
+            && report.stdout.contains(
+                "aborted the unfinished upload of backups/db/20261130T0100Z-0/manifest.age"
+            ),
+        "{}",
+        report.stdout
+    );
+    let left = server.python(
+        "for u in s3.list_multipart_uploads(Bucket='leftovers').get('Uploads', []):\n    print(u['Key'])",
+    );
+    let mut left: Vec<&str> = left.lines().collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["other/backups/db/1/payload.age", "team/bk/elsewhere/x"]
+    );
+    assert_eq!(ws.backup_ids("db"), good);
+    ws.bk(&["verify"]).ok();
+    // Nothing left to abort: a second gc finds nothing.
+    let again = ws.bk(&["gc", "--grace", "0s", "--json"]).ok().json();
+    assert_eq!(again["aborted_uploads"].as_array().map(Vec::len), Some(0));
 }

@@ -161,6 +161,18 @@ impl Garage {
         }
     }
 
+    /// Runs a Python snippet with `s3` bound to a boto3 client for node 0 (path-style,
+    /// as bk addresses Garage).
+    pub fn python(&self, body: &str) -> String {
+        let script = format!(
+            "import boto3, botocore.config\ns3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{}', aws_access_key_id='{}', aws_secret_access_key='{}', region_name='garage', config=botocore.config.Config(s3={{'addressing_style': 'path'}}))\n{body}\n",
+            self.nodes[0].s3_port, self.key_id, self.secret
+        );
+        let out = super::run(Command::new("python3").arg("-c").arg(script));
+        assert_eq!(out.code, 0, "boto3 script failed:\n{}", out.stderr);
+        out.stdout
+    }
+
     /// Points a workspace at `s3://bk/prefix` on node `via`.
     pub fn use_in(&self, ws: &mut super::Workspace, via: usize, prefix: &str) {
         use std::os::unix::fs::PermissionsExt;

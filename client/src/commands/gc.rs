@@ -25,10 +25,19 @@ pub async fn run(
     for key in &report.removed {
         println!("{verb} {key}");
     }
+    let abort = if dry_run { "would abort" } else { "aborted" };
+    for upload in &report.aborted_uploads {
+        println!(
+            "{abort} the unfinished upload of {} (started {})",
+            upload.key,
+            upload.initiated.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
     println!(
-        "{verb} {} object(s), {}; {} uncommitted object(s) younger than {} left alone",
+        "{verb} {} object(s), {}; {abort} {} unfinished upload(s); {} uncommitted object(s) younger than {} left alone",
         report.removed.len(),
         output::size(report.bytes),
+        report.aborted_uploads.len(),
         report.kept_recent.len(),
         humantime::format_duration(grace)
     );

@@ -1,8 +1,8 @@
 //! `bk gc`: removes what failed or crashed backups left behind — objects under a
 //! backup prefix that has no commit record, staging files of interrupted local
-//! uploads, and probe keys — but only once they are older than the grace period, so
-//! an upload still running on another server is never destroyed. Never touches a
-//! backup whose commit record exists.
+//! uploads, unfinished multipart uploads on S3, and probe keys — but only once they
+//! are older than the grace period, so an upload still running on another server is
+//! never destroyed. Never touches a backup whose commit record exists.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -20,8 +20,18 @@ pub struct GcReport {
     /// Keys removed (or that would be, with --dry-run).
     pub removed: Vec<String>,
     pub bytes: u64,
-    /// Uncommitted objects left alone because they are younger than the grace period.
+    /// Uncommitted objects (and unfinished uploads) left alone because they are
+    /// younger than the grace period.
     pub kept_recent: Vec<String>,
+    /// Unfinished S3 multipart uploads aborted (or that would be, with --dry-run).
+    pub aborted_uploads: Vec<AbortedUpload>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AbortedUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: DateTime<Utc>,
 }
 
 pub async fn gc(
@@ -86,7 +96,65 @@ pub async fn gc(
     if let Some(root) = repo.local_root() {
         sweep_staging_files(&root, cutoff.into(), dry_run, &mut report);
     }
+    abort_unfinished_uploads(repo, cutoff, dry_run, &mut report).await?;
     Ok(report)
+}
+
+/// A run aborts its multipart upload when it fails, but not when the store is what
+/// failed (and an upload whose creation timed out may exist without bk knowing its
+/// ID): on S3 such uploads keep their parts until aborted. Only under `backups/`, and
+/// only once older than the grace period, like every other leftover.
+async fn abort_unfinished_uploads(
+    repo: &Repository,
+    cutoff: DateTime<Utc>,
+    dry_run: bool,
+    report: &mut GcReport,
+) -> Result<(), RepoError> {
+    let Some(uploads) = repo.open_uploads() else {
+        return Ok(());
+    };
+    let under = format!("{}/", layout::BACKUPS);
+    let open = match uploads.list(&under).await {
+        Ok(open) => open,
+        // Credentials made before bk gc aborted uploads may lack the permission; the
+        // rest of gc is still worth doing, and the lifecycle rule still cleans up.
+        Err(e @ object_store::Error::PermissionDenied { .. }) => {
+            tracing::warn!(error = %e, "cannot list unfinished multipart uploads: grant s3:ListBucketMultipartUploads and s3:AbortMultipartUpload to gc's credentials, or rely on the lifecycle rule (docs/storage.md)");
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(RepoError::Store {
+                key: format!("{under} (listing unfinished multipart uploads)"),
+                source,
+            })
+        }
+    };
+    for upload in open {
+        if upload.initiated >= cutoff {
+            report
+                .kept_recent
+                .push(format!("{} (unfinished upload)", upload.key));
+            continue;
+        }
+        if !dry_run {
+            match uploads.abort(&upload).await {
+                // Finished or aborted in the meantime (by its own run, or another gc).
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(source) => {
+                    return Err(RepoError::Store {
+                        key: format!("{} (aborting upload {})", upload.key, upload.upload_id),
+                        source,
+                    })
+                }
+            }
+        }
+        report.aborted_uploads.push(AbortedUpload {
+            key: upload.key,
+            upload_id: upload.upload_id,
+            initiated: upload.initiated,
+        });
+    }
+    Ok(())
 }
 
 /// Every object under `prefix`.

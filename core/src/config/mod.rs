@@ -70,8 +70,9 @@ pub struct RepositoryConfig {
     /// Give up retrying a request after this long.
     #[serde(default = "default_retry_timeout", with = "humantime_serde")]
     pub retry_timeout: Duration,
-    /// Uncommitted objects younger than this are left alone by `bk gc` (they may be a
-    /// backup still running on another server).
+    /// Uncommitted objects and unfinished S3 multipart uploads younger than this are
+    /// left alone by `bk gc` (they may be a backup still running on another server):
+    /// keep it longer than the longest backup.
     #[serde(default = "default_gc_grace", with = "humantime_serde")]
     pub gc_grace: Duration,
     /// Multipart upload part size of an object's first 5,000 parts; later parts grow

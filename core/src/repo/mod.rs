@@ -11,6 +11,7 @@ pub mod layout;
 pub mod manifest;
 pub mod marker;
 pub mod store;
+pub mod uploads;
 
 use std::sync::Arc;
 
@@ -70,13 +71,15 @@ pub struct Repository {
     create_only: Arc<tokio::sync::OnceCell<store::CreateOnly>>,
     /// The root directory when the store is the local file system (`file://`).
     local: Option<std::path::PathBuf>,
+    /// On S3: listing and aborting multipart uploads that were never finished.
+    open_uploads: Option<uploads::S3Uploads>,
 }
 
 impl Repository {
     /// Opens the store named by the configuration. Does not touch the marker.
     pub fn open(config: &RepositoryConfig) -> Result<Self> {
         let url = redact_url(&config.url);
-        let store = store::build(config).map_err(|reason| RepoError::Open {
+        let opened = store::build(config).map_err(|reason| RepoError::Open {
             url: url.clone(),
             reason,
         })?;
@@ -85,10 +88,11 @@ impl Repository {
             .filter(|u| u.scheme() == "file")
             .and_then(|u| u.to_file_path().ok());
         Ok(Repository {
-            store,
+            store: opened.store,
             url,
             create_only: Default::default(),
             local,
+            open_uploads: opened.open_uploads,
         })
     }
 
@@ -99,6 +103,7 @@ impl Repository {
             url: redact_url(url),
             create_only: Default::default(),
             local: None,
+            open_uploads: None,
         }
     }
 
@@ -109,6 +114,12 @@ impl Repository {
     /// The root directory of a `file://` repository.
     pub fn local_root(&self) -> Option<std::path::PathBuf> {
         self.local.clone()
+    }
+
+    /// On S3, the multipart uploads that were started and never finished; `None` for
+    /// stores whose unfinished uploads cannot be listed (see docs/storage.md).
+    pub fn open_uploads(&self) -> Option<&uploads::S3Uploads> {
+        self.open_uploads.as_ref()
     }
 
     /// The URL for messages, without credentials.

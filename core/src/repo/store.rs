@@ -17,10 +17,17 @@ use object_store::path::Path;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig};
 
+use super::uploads::S3Uploads;
 use crate::config::RepositoryConfig;
 
+/// An opened store and, on S3, the means to find its open multipart uploads.
+pub struct Opened {
+    pub store: Arc<dyn ObjectStore>,
+    pub open_uploads: Option<S3Uploads>,
+}
+
 /// Builds the store for `config.url`; `Err` holds a message naming the problem.
-pub fn build(config: &RepositoryConfig) -> Result<Arc<dyn ObjectStore>, String> {
+pub fn build(config: &RepositoryConfig) -> Result<Opened, String> {
     let url = url::Url::parse(&config.url).map_err(|e| format!("not a URL: {e}"))?;
     let mut options = config.options.clone();
     // A credentials file's keys are never quoted back: a bare key pasted on a line of
@@ -50,6 +57,7 @@ pub fn build(config: &RepositoryConfig) -> Result<Arc<dyn ObjectStore>, String> 
         let prefix = url.path().trim_matches('/').to_string();
         (bucket, prefix)
     };
+    let mut open_uploads = None;
     let (store, prefix): (Arc<dyn ObjectStore>, String) = match url.scheme() {
         "file" => {
             let root = url
@@ -74,7 +82,9 @@ pub fn build(config: &RepositoryConfig) -> Result<Arc<dyn ObjectStore>, String> 
                     .map_err(|_| unknown_key(k, "s3"))?;
                 b = b.with_config(key, v.clone());
             }
-            (Arc::new(b.build().map_err(|e| e.to_string())?), prefix)
+            let s3 = Arc::new(b.build().map_err(|e| e.to_string())?);
+            open_uploads = Some(S3Uploads::new(s3.clone(), &prefix));
+            (s3, prefix)
         }
         "gs" => {
             let (bucket, prefix) = bucket_and_prefix();
@@ -110,10 +120,14 @@ pub fn build(config: &RepositoryConfig) -> Result<Arc<dyn ObjectStore>, String> 
             ))
         }
     };
-    Ok(if prefix.is_empty() {
+    let store = if prefix.is_empty() {
         store
     } else {
         Arc::new(PrefixStore::new(store, Path::from(prefix)))
+    };
+    Ok(Opened {
+        store,
+        open_uploads,
     })
 }
 
