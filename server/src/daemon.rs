@@ -170,16 +170,17 @@ async fn shutdown(shared: &Shared) {
 }
 
 /// What a crash of this or another server left in the repository (uncommitted objects
-/// older than the grace period) is removed at start, in the background: it never
+/// and unfinished S3 uploads older than the grace period) is removed at start, in the background: it never
 /// delays the first backup, and a failure is only logged (`bk gc` can be run by hand).
 async fn sweep_leftovers(repo: Repository, grace: std::time::Duration) {
     match bk_core::commands::gc::gc(&repo, grace, Utc::now(), false).await {
-        Ok(report) if report.removed.is_empty() => {
+        Ok(report) if report.removed.is_empty() && report.aborted_uploads.is_empty() => {
             tracing::debug!("no uncommitted leftovers in the repository")
         }
         Ok(report) => tracing::info!(
             objects = report.removed.len(),
             bytes = report.bytes,
+            unfinished_uploads = report.aborted_uploads.len(),
             "removed uncommitted leftovers of failed or crashed backups"
         ),
         Err(e) => {

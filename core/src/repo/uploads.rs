@@ -151,7 +151,7 @@ impl S3Uploads {
     pub async fn abort(&self, upload: &OpenUpload) -> Result<(), object_store::Error> {
         let key = Path::from(format!("{}{}", self.prefix, upload.key));
         self.s3
-            .abort_multipart(&key, &upload.upload_id.clone())
+            .abort_multipart(&key, &upload.upload_id)
             .await
     }
 }
