@@ -28,6 +28,7 @@ use crate::repo::id::BackupId;
 use crate::repo::manifest::{self, EntrySpool, ManifestHeader};
 use crate::repo::{layout, RepoError, Repository};
 use crate::source::limit::{RateLimit, SizeLimit};
+use crate::source::pg_archive;
 use crate::source::tar_index::{self, Tee};
 use crate::source::{self, DumpPlan, RunningSource, SourceError, SourceHost};
 
@@ -386,6 +387,7 @@ async fn attempt(
         .bandwidth_limit
         .or_else(|| config.hosts.get(&job.host).and_then(|h| h.bandwidth_limit));
     let is_tar = plan.kind == JobKind::Directory;
+    let is_pg_dump = plan.kind == JobKind::Postgres;
     let payload_key = layout::payload(job_name, &id);
     let sealing = pipeline::seal(
         repo.store().clone(),
@@ -404,13 +406,16 @@ async fn attempt(
             // never holds up parsing, hashing and compressing the ones already here.
             let input = ReadAhead::spawn("bk-source", stdout, handoff::BLOCK, SOURCE_DEPTH)?;
             let mut spool = EntrySpool::new()?;
+            let mut row_counts = None;
             if is_tar {
                 tar_index::index(Tee::new(input, out), &mut spool)?;
+            } else if is_pg_dump {
+                row_counts = Some(pg_archive::count_rows(Tee::new(input, out))?);
             } else {
                 let mut input = input;
                 copy_large(&mut input, out)?;
             }
-            Ok(spool)
+            Ok((spool, row_counts))
         },
     );
     tokio::pin!(sealing);
@@ -456,7 +461,7 @@ async fn attempt(
         }
     };
     let pipeline::Sealed {
-        output: spool,
+        output: (spool, row_counts),
         plain,
         cipher,
         upload,
@@ -476,6 +481,17 @@ async fn attempt(
     }
     if let Some(mysql) = mysql {
         (details, source_warnings) = mysql.finish(job).await;
+    }
+    match row_counts {
+        None => {}
+        Some(Ok(counts)) => {
+            details.insert("row_counts".into(), serde_json::json!(counts));
+            details.insert("row_counts_exact".into(), serde_json::Value::Bool(true));
+            details.insert("row_counts_from".into(), "dump".into());
+        }
+        Some(Err(e)) => source_warnings.push(format!(
+            "no row counts recorded (restore tests will compare none): {e}"
+        )),
     }
     if cancel.is_cancelled() {
         upload.abort().await;

@@ -233,8 +233,8 @@ pub struct JobConfig {
     /// this while it runs; `max_replay_lag` only warns then. Unset: never stopped.
     #[serde(default, with = "humantime_serde")]
     pub abort_replay_lag: Option<Duration>,
-    /// `postgres`: pause WAL replay on the replica for the dump (no recovery conflicts,
-    /// exact row counts); replay is always resumed, also when the run fails or bk dies.
+    /// `postgres`: pause WAL replay on the replica for the dump (no recovery conflicts
+    /// with long dumps); replay is always resumed, also when the run fails or bk dies.
     #[serde(default)]
     pub pause_replay: bool,
     /// `postgres`: retries after "canceling statement due to conflict with recovery"

@@ -150,9 +150,7 @@ impl S3Uploads {
     /// Aborts `upload`: its parts are deleted and the key gets no object from it.
     pub async fn abort(&self, upload: &OpenUpload) -> Result<(), object_store::Error> {
         let key = Path::from(format!("{}{}", self.prefix, upload.key));
-        self.s3
-            .abort_multipart(&key, &upload.upload_id)
-            .await
+        self.s3.abort_multipart(&key, &upload.upload_id).await
     }
 }
 

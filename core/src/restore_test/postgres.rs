@@ -80,7 +80,11 @@ async fn compare_row_counts(
             .push("the manifest holds no row counts; none compared".into());
         return Ok(());
     };
-    let found = scratch.row_counts().await?;
+    if super::counted_from_dump(header) {
+        let found = scratch.row_counts(true).await?;
+        return super::compare_dump_row_counts(&expected, &found, report);
+    }
+    let found = scratch.row_counts(false).await?;
     super::compare_row_counts(&expected, exact, &found, report)
 }
 

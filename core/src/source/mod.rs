@@ -12,6 +12,7 @@ pub mod directory;
 pub mod limit;
 pub mod local;
 pub mod mysql;
+pub mod pg_archive;
 pub mod pipe;
 pub mod postgres;
 pub mod restrict;

@@ -3,8 +3,8 @@
 //!
 //! Before the dump, `psql` checks the server: a primary is refused unless the job sets
 //! `allow_primary`, a replica lagging more than `max_replay_lag` is refused. The
-//! manifest records that state, `pg_dumpall --globals-only` (roles, tablespaces) and
-//! per-table row counts (exact when taken while replay is paused).
+//! manifest records that state and `pg_dumpall --globals-only` (roles, tablespaces);
+//! per-table row counts are counted in the dump as it streams (`pg_archive`).
 //!
 //! With `pause_replay`, WAL replay is paused for the dump and must never stay paused:
 //! the pause is owned by a *watchdog* on the source host, a shell that pauses replay,
@@ -128,7 +128,6 @@ pub fn commands(job: &JobConfig) -> Vec<String> {
     let mut out = vec![
         psql(job, STATE_SQL),
         psql(job, TERMINATE_SQL),
-        count_rows_command(job),
         globals_command(job),
         format!("{} --no-role-passwords", globals_command(job)),
     ];
@@ -151,11 +150,22 @@ fn watchdog_script(job: &JobConfig) -> String {
 }
 
 /// psql input that prints `schema.table|rows` for every user table (`\gexec` runs the
-/// generated counts). Restore tests count the restored database with the same text.
+/// generated counts), a table's rows including those of its partitions and inheritance
+/// children. bk recorded these counts, taken beside the dump, until it counted the
+/// dump itself; restore tests of such backups count the restored database this way.
 pub const COUNT_ROWS_SQL: &str =
     "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
+
+/// Like `COUNT_ROWS_SQL`, but every table's own rows (`FROM ONLY`) and only tables that
+/// hold rows themselves (not partitioned parents): what the dump's data holds per
+/// table, as `pg_archive` counts it.
+pub const COUNT_OWN_ROWS_SQL: &str =
+    "SELECT format('SELECT %L, count(*) FROM ONLY %s', n.nspname || '.' || c.relname, c.oid::regclass) \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
      AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
 
 /// Parses the `schema.table|rows` lines printed for `COUNT_ROWS_SQL`.
@@ -166,14 +176,6 @@ pub fn parse_row_counts(out: &str) -> BTreeMap<String, u64> {
             Some((table.to_string(), n.trim().parse().ok()?))
         })
         .collect()
-}
-
-fn count_rows_command(job: &JobConfig) -> String {
-    format!(
-        "echo {} | psql -X -q -At -F '|' -v ON_ERROR_STOP=1 --no-password --dbname={}",
-        quote(COUNT_ROWS_SQL),
-        quote(&connstr(job))
-    )
 }
 
 fn globals_command(job: &JobConfig) -> String {
@@ -197,16 +199,14 @@ pub struct PgSession {
     job_name: String,
     watchdog: Option<Watchdog>,
     monitor: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<LagWatch>>)>,
-    /// The row count, running beside the dump; whether it is exact (replay paused).
-    counting: Option<(CountTask, bool)>,
     /// Facts for the manifest's `details`.
     pub details: BTreeMap<String, serde_json::Value>,
     pub warnings: Vec<String>,
 }
 
 impl PgSession {
-    /// Checks the server, pauses replay if asked, records the globals and starts the
-    /// row count (collected by `finish`).
+    /// Checks the server, pauses replay if asked and records the globals. (Row counts
+    /// come from the dump itself: `pg_archive`.)
     /// Dropping the session (on any error) lets the watchdog resume replay.
     pub async fn begin(
         host: &SourceHost,
@@ -218,7 +218,6 @@ impl PgSession {
             job_name: job_name.to_string(),
             watchdog: None,
             monitor: None,
-            counting: None,
             details: BTreeMap::new(),
             warnings: Vec::new(),
         };
@@ -246,7 +245,6 @@ impl PgSession {
         if job.pause_replay && in_recovery {
             session.pause(job).await?;
         }
-        session.start_counting(job, job.pause_replay && in_recovery);
         session.globals(job).await?;
         if in_recovery && !job.pause_replay {
             session.watch_lag(job, lag);
@@ -342,43 +340,6 @@ impl PgSession {
         Ok(())
     }
 
-    /// Starts counting every table's rows. The count runs beside the dump rather than
-    /// before it (counting a 4-million-row table took 0.4 s before the dump could start):
-    /// while replay is paused the data cannot change, so it is as exact as before, and
-    /// `finish` collects it before replay resumes. Otherwise it was never exact.
-    fn start_counting(&mut self, job: &JobConfig, exact: bool) {
-        let (host, cmd) = (self.host.clone(), count_rows_command(job));
-        let task = tokio::spawn(async move { host.output(&cmd).await });
-        self.counting = Some((task, exact));
-    }
-
-    /// Waits for the row count and records it.
-    async fn collect_counts(&mut self) -> Result<(), SourceError> {
-        let Some((task, exact)) = self.counting.take() else {
-            return Ok(());
-        };
-        let (outcome, stdout, stderr) = match task.await {
-            Ok(counted) => counted?,
-            Err(join) => (
-                ExitOutcome::Lost(join.to_string()),
-                String::new(),
-                String::new(),
-            ),
-        };
-        if outcome != ExitOutcome::Code(0) {
-            return Err(SourceError::Failed {
-                host: self.host.name().to_string(),
-                outcome,
-                stderr: format!("counting rows: {}", stderr.trim()),
-            });
-        }
-        let counts = parse_row_counts(&stdout);
-        self.details.insert("row_counts".into(), json!(counts));
-        self.details
-            .insert("row_counts_exact".into(), serde_json::Value::Bool(exact));
-        Ok(())
-    }
-
     async fn globals(&mut self, job: &JobConfig) -> Result<(), SourceError> {
         let base = globals_command(job);
         let (mut outcome, mut stdout, mut stderr) = self.host.output(&base).await?;
@@ -410,8 +371,6 @@ impl PgSession {
         mut self,
         job: &JobConfig,
     ) -> Result<(BTreeMap<String, serde_json::Value>, Vec<String>), SourceError> {
-        // Inside the pause: an error here drops the session, which resumes replay.
-        self.collect_counts().await?;
         if let Some((task, state)) = self.monitor.take() {
             task.abort();
             let w = state.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -460,8 +419,6 @@ impl PgSession {
     }
 }
 
-type CountTask = tokio::task::JoinHandle<Result<(ExitOutcome, String, String), SourceError>>;
-
 #[derive(Debug, Default, Clone)]
 struct LagWatch {
     peak: f64,
@@ -472,9 +429,6 @@ impl Drop for PgSession {
     /// The lag monitor must not outlive the run (the watchdog ends with its stdin).
     fn drop(&mut self) {
         if let Some((task, _)) = self.monitor.take() {
-            task.abort();
-        }
-        if let Some((task, _)) = self.counting.take() {
             task.abort();
         }
     }
