@@ -342,3 +342,40 @@ fn recorded_row_counts(
         .unwrap_or(false);
     Ok(Some((counts, exact)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(pairs: &[(&str, u64)]) -> RowCounts {
+        pairs.iter().map(|(t, n)| (t.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn counts_from_the_dump_must_match_table_by_table() {
+        let dumped = counts(&[("public.a", 3), ("public.empty", 0)]);
+        let mut report = TestReport::default();
+        // An unlogged table the dump held no data for is restored empty: fine.
+        let restored = counts(&[("public.a", 3), ("public.empty", 0), ("public.unl", 0)]);
+        compare_dump_row_counts(&dumped, &restored, &mut report).expect("matches");
+        assert_eq!((report.tables_checked, report.rows_restored), (3, 3));
+
+        let fails = |restored: RowCounts| match compare_dump_row_counts(
+            &dumped,
+            &restored,
+            &mut TestReport::default(),
+        ) {
+            Err(TestFailure::RowCounts(reason)) => reason,
+            other => panic!("{other:?}"),
+        };
+        let reason = fails(counts(&[("public.a", 2), ("public.empty", 0)]));
+        assert_eq!(reason, "public.a: 2 restored, 3 recorded");
+        let reason = fails(counts(&[("public.a", 3)]));
+        assert!(
+            reason.contains("public.empty has data in the dump"),
+            "{reason}"
+        );
+        let reason = fails(counts(&[("public.a", 3), ("public.empty", 0), ("x.y", 1)]));
+        assert_eq!(reason, "x.y: 1 restored, none in the dump");
+    }
+}
