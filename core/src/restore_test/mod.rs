@@ -252,8 +252,7 @@ fn compare_row_counts(
     found: &RowCounts,
     report: &mut TestReport,
 ) -> Result<(), TestFailure> {
-    report.tables_checked = found.len() as u64;
-    report.rows_restored = found.values().sum();
+    tally(found, report);
     if let Some(table) = expected.keys().find(|t| !found.contains_key(*t)) {
         return Err(TestFailure::RowCounts(format!(
             "table {table} is in the manifest but not in the restored database"
@@ -264,11 +263,7 @@ fn compare_row_counts(
             "table {table} is in the restored database but not in the manifest"
         )));
     }
-    let differing: Vec<String> = expected
-        .iter()
-        .filter(|(t, n)| found.get(*t) != Some(n))
-        .map(|(t, n)| format!("{t}: {} restored, {n} recorded", found[t]))
-        .collect();
+    let differing = differing_counts(expected, found);
     if differing.is_empty() {
         return Ok(());
     }
@@ -292,18 +287,13 @@ fn compare_dump_row_counts(
     found: &RowCounts,
     report: &mut TestReport,
 ) -> Result<(), TestFailure> {
-    report.tables_checked = found.len() as u64;
-    report.rows_restored = found.values().sum();
+    tally(found, report);
     if let Some(table) = expected.keys().find(|t| !found.contains_key(*t)) {
         return Err(TestFailure::RowCounts(format!(
             "table {table} has data in the dump but is not in the restored database"
         )));
     }
-    let mut wrong: Vec<String> = expected
-        .iter()
-        .filter(|(t, n)| found.get(*t) != Some(n))
-        .map(|(t, n)| format!("{t}: {} restored, {n} recorded", found[t]))
-        .collect();
+    let mut wrong = differing_counts(expected, found);
     wrong.extend(
         found
             .iter()
@@ -315,6 +305,23 @@ fn compare_dump_row_counts(
     } else {
         Err(TestFailure::RowCounts(wrong.join("; ")))
     }
+}
+
+fn tally(found: &RowCounts, report: &mut TestReport) {
+    report.tables_checked = found.len() as u64;
+    report.rows_restored = found.values().sum();
+}
+
+/// `table: N restored, M recorded` for every expected table found with another count
+/// (every expected table must be in `found`).
+fn differing_counts(expected: &RowCounts, found: &RowCounts) -> Vec<String> {
+    expected
+        .iter()
+        .filter_map(|(t, n)| match found.get(t) {
+            Some(got) if got != n => Some(format!("{t}: {got} restored, {n} recorded")),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether the manifest's row counts were counted in the dump's own data.
