@@ -344,7 +344,7 @@ async fn attempt(
     repo.init().await.map_err(repo_err)?;
     let plan = DumpPlan::for_job(job).map_err(source_err)?;
     let host = SourceHost::resolve(config, &job.host).map_err(source_err)?;
-    // Database checks (replica, lag), the replay pause, globals and row counts.
+    // Database checks (replica, lag), the replay pause; the globals run beside the dump.
     let pg = match job.kind {
         JobKind::Postgres => Some(
             source::postgres::PgSession::begin(&host, job_name, job)
@@ -365,11 +365,13 @@ async fn attempt(
     let id = BackupId::new(started);
     let mut tool_versions = BTreeMap::from([("bk".to_string(), crate::VERSION.to_string())]);
     tool_versions.insert("zstd".into(), zstd::zstd_safe::version_string().to_string());
-    if let Some(cmd) = &plan.version_command {
-        if let Some(v) = host.first_line(cmd).await {
-            tool_versions.insert(job.kind.as_str().to_string(), v);
-        }
-    }
+    // The dump tool's version is asked beside the dump, not before it.
+    let version_query = plan.version_command.clone().map(|cmd| {
+        let host = host.clone();
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            host.first_line(&cmd).await
+        }))
+    });
 
     let stall = Some(job.stall_timeout).filter(|t| !t.is_zero());
     let mut running = RunningSource::start(&host, &plan.command, stall)
@@ -511,6 +513,11 @@ async fn attempt(
         tracing::warn!(job = job_name, backup = %id, "source warning: {w}");
     }
     upload.finish().await.map_err(pipe_err)?;
+    if let Some(query) = version_query {
+        if let Ok(Some(v)) = query.await {
+            tool_versions.insert(job.kind.as_str().to_string(), v);
+        }
+    }
 
     let header = ManifestHeader {
         format: manifest::FORMAT.into(),

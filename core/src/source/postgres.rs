@@ -199,14 +199,16 @@ pub struct PgSession {
     job_name: String,
     watchdog: Option<Watchdog>,
     monitor: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<LagWatch>>)>,
+    /// `pg_dumpall --globals-only`, running beside the dump (collected by `finish`).
+    globals: Option<GlobalsTask>,
     /// Facts for the manifest's `details`.
     pub details: BTreeMap<String, serde_json::Value>,
     pub warnings: Vec<String>,
 }
 
 impl PgSession {
-    /// Checks the server, pauses replay if asked and records the globals. (Row counts
-    /// come from the dump itself: `pg_archive`.)
+    /// Checks the server, pauses replay if asked and starts `pg_dumpall --globals-only`
+    /// (collected by `finish`). Row counts come from the dump itself: `pg_archive`.
     /// Dropping the session (on any error) lets the watchdog resume replay.
     pub async fn begin(
         host: &SourceHost,
@@ -218,6 +220,7 @@ impl PgSession {
             job_name: job_name.to_string(),
             watchdog: None,
             monitor: None,
+            globals: None,
             details: BTreeMap::new(),
             warnings: Vec::new(),
         };
@@ -245,7 +248,7 @@ impl PgSession {
         if job.pause_replay && in_recovery {
             session.pause(job).await?;
         }
-        session.globals(job).await?;
+        session.start_globals(job);
         if in_recovery && !job.pause_replay {
             session.watch_lag(job, lag);
         }
@@ -340,25 +343,50 @@ impl PgSession {
         Ok(())
     }
 
-    async fn globals(&mut self, job: &JobConfig) -> Result<(), SourceError> {
-        let base = globals_command(job);
-        let (mut outcome, mut stdout, mut stderr) = self.host.output(&base).await?;
-        if outcome != ExitOutcome::Code(0) && stderr.contains("permission denied") {
-            // Not a superuser: pg_authid is out of reach, roles are still worth having.
-            (outcome, stdout, stderr) = self
-                .host
-                .output(&format!("{base} --no-role-passwords"))
-                .await?;
-            self.warnings
-                .push("pg_dumpall --globals-only ran with --no-role-passwords (the backup role is not a superuser)".into());
-        }
-        if outcome != ExitOutcome::Code(0) {
-            return Err(SourceError::Failed {
-                host: self.host.name().to_string(),
-                outcome,
-                stderr: format!("pg_dumpall --globals-only: {}", stderr.trim()),
-            });
-        }
+    /// Starts `pg_dumpall --globals-only` beside the dump: one connection fewer to wait
+    /// for before the dump starts. With replay paused, `finish` collects it inside the
+    /// pause, so both see the same state.
+    fn start_globals(&mut self, job: &JobConfig) {
+        let (host, base) = (self.host.clone(), globals_command(job));
+        self.globals = Some(tokio::spawn(async move {
+            let (mut outcome, mut stdout, mut stderr) = host.output(&base).await?;
+            let mut warning = None;
+            if outcome != ExitOutcome::Code(0) && stderr.contains("permission denied") {
+                // Not a superuser: pg_authid is out of reach, roles are still worth having.
+                (outcome, stdout, stderr) =
+                    host.output(&format!("{base} --no-role-passwords")).await?;
+                warning = Some(
+                    "pg_dumpall --globals-only ran with --no-role-passwords (the backup role is not a superuser)"
+                        .to_string(),
+                );
+            }
+            if outcome != ExitOutcome::Code(0) {
+                return Err(SourceError::Failed {
+                    host: host.name().to_string(),
+                    outcome,
+                    stderr: format!("pg_dumpall --globals-only: {}", stderr.trim()),
+                });
+            }
+            Ok((stdout, warning))
+        }));
+    }
+
+    /// Waits for the globals and records them.
+    async fn collect_globals(&mut self) -> Result<(), SourceError> {
+        let Some(task) = self.globals.take() else {
+            return Ok(());
+        };
+        let (stdout, warning) = match task.await {
+            Ok(done) => done?,
+            Err(join) => {
+                return Err(SourceError::Failed {
+                    host: self.host.name().to_string(),
+                    outcome: ExitOutcome::Lost(join.to_string()),
+                    stderr: "pg_dumpall --globals-only did not finish".into(),
+                })
+            }
+        };
+        self.warnings.extend(warning);
         self.details
             .insert("pg_globals".into(), serde_json::Value::String(stdout));
         Ok(())
@@ -371,6 +399,8 @@ impl PgSession {
         mut self,
         job: &JobConfig,
     ) -> Result<(BTreeMap<String, serde_json::Value>, Vec<String>), SourceError> {
+        // Inside the pause: an error here drops the session, which resumes replay.
+        self.collect_globals().await?;
         if let Some((task, state)) = self.monitor.take() {
             task.abort();
             let w = state.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -419,6 +449,8 @@ impl PgSession {
     }
 }
 
+type GlobalsTask = tokio::task::JoinHandle<Result<(String, Option<String>), SourceError>>;
+
 #[derive(Debug, Default, Clone)]
 struct LagWatch {
     peak: f64,
@@ -429,6 +461,9 @@ impl Drop for PgSession {
     /// The lag monitor must not outlive the run (the watchdog ends with its stdin).
     fn drop(&mut self) {
         if let Some((task, _)) = self.monitor.take() {
+            task.abort();
+        }
+        if let Some(task) = self.globals.take() {
             task.abort();
         }
     }
