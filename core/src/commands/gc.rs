@@ -13,6 +13,7 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStoreExt};
 use serde::Serialize;
 
+use crate::repo::uploads::OpenUpload;
 use crate::repo::{layout, RepoError, Repository};
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -24,14 +25,7 @@ pub struct GcReport {
     /// younger than the grace period.
     pub kept_recent: Vec<String>,
     /// Unfinished S3 multipart uploads aborted (or that would be, with --dry-run).
-    pub aborted_uploads: Vec<AbortedUpload>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AbortedUpload {
-    pub key: String,
-    pub upload_id: String,
-    pub initiated: DateTime<Utc>,
+    pub aborted_uploads: Vec<OpenUpload>,
 }
 
 pub async fn gc(
@@ -148,11 +142,7 @@ async fn abort_unfinished_uploads(
                 }
             }
         }
-        report.aborted_uploads.push(AbortedUpload {
-            key: upload.key,
-            upload_id: upload.upload_id,
-            initiated: upload.initiated,
-        });
+        report.aborted_uploads.push(upload);
     }
     Ok(())
 }

@@ -83,15 +83,11 @@ impl Repository {
             url: url.clone(),
             reason,
         })?;
-        let local = url::Url::parse(&config.url)
-            .ok()
-            .filter(|u| u.scheme() == "file")
-            .and_then(|u| u.to_file_path().ok());
         Ok(Repository {
             store: opened.store,
             url,
             create_only: Default::default(),
-            local,
+            local: opened.local_root,
             open_uploads: opened.open_uploads,
         })
     }

@@ -20,9 +20,11 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
 use super::uploads::S3Uploads;
 use crate::config::RepositoryConfig;
 
-/// An opened store and, on S3, the means to find its open multipart uploads.
+/// An opened store, its root directory when it is the local file system, and on S3
+/// the means to find its open multipart uploads.
 pub struct Opened {
     pub store: Arc<dyn ObjectStore>,
+    pub local_root: Option<std::path::PathBuf>,
     pub open_uploads: Option<S3Uploads>,
 }
 
@@ -58,6 +60,7 @@ pub fn build(config: &RepositoryConfig) -> Result<Opened, String> {
         (bucket, prefix)
     };
     let mut open_uploads = None;
+    let mut local_root = None;
     let (store, prefix): (Arc<dyn ObjectStore>, String) = match url.scheme() {
         "file" => {
             let root = url
@@ -68,6 +71,7 @@ pub fn build(config: &RepositoryConfig) -> Result<Opened, String> {
                 .map_err(|e| e.to_string())?
                 .with_fsync(true)
                 .with_automatic_cleanup(true);
+            local_root = Some(root);
             (Arc::new(fs), String::new())
         }
         "s3" | "s3a" => {
@@ -127,6 +131,7 @@ pub fn build(config: &RepositoryConfig) -> Result<Opened, String> {
     };
     Ok(Opened {
         store,
+        local_root,
         open_uploads,
     })
 }

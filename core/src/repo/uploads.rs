@@ -38,7 +38,7 @@ pub struct S3Uploads {
 }
 
 /// One multipart upload that was started and neither completed nor aborted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OpenUpload {
     /// The object key, relative to the repository.
     pub key: String,
