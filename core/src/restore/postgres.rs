@@ -18,7 +18,7 @@ use super::{RestoreError, RestoreReport, Sink};
 use crate::keys::Identity;
 use crate::repo::commit::CommitRecord;
 use crate::repo::{redact_url, Repository};
-use crate::source::postgres::{parse_row_counts, COUNT_OWN_ROWS_SQL, COUNT_ROWS_SQL};
+use crate::source::postgres::{count_rows_sql, parse_row_counts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgTargetError {
@@ -185,12 +185,8 @@ impl PgTarget {
     /// `own`, each table's own rows (as a dump holds them), else including its
     /// partitions' and children's.
     pub async fn row_counts(&self, own: bool) -> Result<BTreeMap<String, u64>, PgTargetError> {
-        let sql = if own {
-            COUNT_OWN_ROWS_SQL
-        } else {
-            COUNT_ROWS_SQL
-        };
-        let out = self.psql("counting rows", &[], Some(sql)).await?;
+        let sql = count_rows_sql(own);
+        let out = self.psql("counting rows", &[], Some(&sql)).await?;
         Ok(parse_row_counts(&out))
     }
 

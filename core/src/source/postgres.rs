@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::shell::quote;
 use super::{DumpPlan, ExitOutcome, SourceError, SourceHost};
@@ -150,25 +151,26 @@ fn watchdog_script(job: &JobConfig) -> String {
 }
 
 /// psql input that prints `schema.table|rows` for every user table (`\gexec` runs the
-/// generated counts), a table's rows including those of its partitions and inheritance
-/// children. bk recorded these counts, taken beside the dump, until it counted the
-/// dump itself; restore tests of such backups count the restored database this way.
-pub const COUNT_ROWS_SQL: &str =
-    "SELECT format('SELECT %L, count(*) FROM %s', n.nspname || '.' || c.relname, c.oid::regclass) \
-     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
+/// generated counts). With `own_rows`, each table's own rows (`FROM ONLY`) and only
+/// tables that hold rows themselves (not partitioned parents): what a dump's data
+/// holds per table, as `pg_archive` counts it. Without, a table's rows including its
+/// partitions' and inheritance children's: the counts bk took beside the dump until it
+/// counted the dump itself, which restore tests of such backups compare with.
+pub fn count_rows_sql(own_rows: bool) -> String {
+    let (only, kinds) = if own_rows {
+        ("ONLY ", "'r'")
+    } else {
+        ("", "'r', 'p'")
+    };
+    format!(
+        "SELECT format('SELECT %L, count(*) FROM {only}%s', n.nspname || '.' || c.relname, c.oid::regclass) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ({kinds}) AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+         AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec"
+    )
+}
 
-/// Like `COUNT_ROWS_SQL`, but every table's own rows (`FROM ONLY`) and only tables that
-/// hold rows themselves (not partitioned parents): what the dump's data holds per
-/// table, as `pg_archive` counts it.
-pub const COUNT_OWN_ROWS_SQL: &str =
-    "SELECT format('SELECT %L, count(*) FROM ONLY %s', n.nspname || '.' || c.relname, c.oid::regclass) \
-     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-     WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-     AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1 \\gexec";
-
-/// Parses the `schema.table|rows` lines printed for `COUNT_ROWS_SQL`.
+/// Parses the `schema.table|rows` lines printed for `count_rows_sql`.
 pub fn parse_row_counts(out: &str) -> BTreeMap<String, u64> {
     out.lines()
         .filter_map(|l| {
@@ -198,7 +200,9 @@ pub struct PgSession {
     host: SourceHost,
     job_name: String,
     watchdog: Option<Watchdog>,
-    monitor: Option<(tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<LagWatch>>)>,
+    /// The lag monitor must not outlive the run (the watchdog ends with its stdin):
+    /// dropping the session aborts it, and the globals query with it.
+    monitor: Option<(AbortOnDropHandle<()>, Arc<std::sync::Mutex<LagWatch>>)>,
     /// `pg_dumpall --globals-only`, running beside the dump (collected by `finish`).
     globals: Option<GlobalsTask>,
     /// Facts for the manifest's `details`.
@@ -291,7 +295,7 @@ impl PgSession {
                 }
             }
         });
-        self.monitor = Some((task, state));
+        self.monitor = Some((AbortOnDropHandle::new(task), state));
     }
 
     fn refuse(&self, why: &str) -> SourceError {
@@ -348,7 +352,7 @@ impl PgSession {
     /// pause, so both see the same state.
     fn start_globals(&mut self, job: &JobConfig) {
         let (host, base) = (self.host.clone(), globals_command(job));
-        self.globals = Some(tokio::spawn(async move {
+        self.globals = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             let (mut outcome, mut stdout, mut stderr) = host.output(&base).await?;
             let mut warning = None;
             if outcome != ExitOutcome::Code(0) && stderr.contains("permission denied") {
@@ -368,7 +372,7 @@ impl PgSession {
                 });
             }
             Ok((stdout, warning))
-        }));
+        })));
     }
 
     /// Waits for the globals and records them.
@@ -449,24 +453,12 @@ impl PgSession {
     }
 }
 
-type GlobalsTask = tokio::task::JoinHandle<Result<(String, Option<String>), SourceError>>;
+type GlobalsTask = AbortOnDropHandle<Result<(String, Option<String>), SourceError>>;
 
 #[derive(Debug, Default, Clone)]
 struct LagWatch {
     peak: f64,
     aborted: Option<f64>,
-}
-
-impl Drop for PgSession {
-    /// The lag monitor must not outlive the run (the watchdog ends with its stdin).
-    fn drop(&mut self) {
-        if let Some((task, _)) = self.monitor.take() {
-            task.abort();
-        }
-        if let Some(task) = self.globals.take() {
-            task.abort();
-        }
-    }
 }
 
 /// True if a failed dump's stderr shows the hot-standby conflict worth retrying.
