@@ -12,6 +12,7 @@
 
 pub mod chunks;
 pub mod compress;
+pub mod direct;
 pub mod encrypt;
 pub mod handoff;
 pub mod hash;

@@ -7,11 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayloadMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::direct::DirectUpload;
 use super::PipelineError;
 
 /// The largest part S3 accepts.
@@ -22,9 +24,6 @@ const MAX_PART: usize = 5 << 30;
 /// would only hold memory, up to (`upload_concurrency` + 1) parts per backup, and copy
 /// the bytes into the file once they have left the CPU's caches.
 const LOCAL_PART: usize = super::chunks::CHUNK;
-
-/// How much of a local object is written between two early-writeback hints.
-const WRITEBACK_EVERY: usize = 16 << 20;
 
 /// The size of each part of an upload. S3 and GCS accept at most 10,000 parts per
 /// object, so a fixed 16 MiB part would cap an object at 156 GiB, and a night's dump of a
@@ -112,21 +111,18 @@ impl PartWriter {
         }
     }
 
-    /// Adds `chunk`; returns the size of the part it completed (now uploading), if any.
-    fn put(&mut self, chunk: Bytes) -> Option<usize> {
+    /// Adds `chunk`; sends the part once it has its size.
+    fn put(&mut self, chunk: Bytes) {
         self.buffer.push(chunk);
-        if self.buffer.content_length() < self.sizes.of(self.parts) {
-            return None;
+        if self.buffer.content_length() >= self.sizes.of(self.parts) {
+            self.send_part();
         }
-        Some(self.send_part())
     }
 
-    fn send_part(&mut self) -> usize {
+    fn send_part(&mut self) {
         let part = std::mem::take(&mut self.buffer).freeze();
-        let size = part.content_length();
         self.parts += 1;
         self.tasks.spawn(self.upload.put_part(part));
-        size
     }
 
     /// Uploads what is left, waits for every part and completes the object.
@@ -189,18 +185,20 @@ pub async fn upload_parts(
     concurrency: usize,
     local_root: Option<PathBuf>,
 ) -> Result<PendingUpload, PipelineError> {
-    let upload = store
-        .put_multipart(&key)
-        .await
-        .map_err(|source| PipelineError::Upload {
-            key: key.to_string(),
-            source,
-        })?;
-    let sizes = match local_root {
-        Some(_) => PartSizes::fixed(LOCAL_PART),
-        None => PartSizes::new(part_size),
+    let upload_error = |source| PipelineError::Upload {
+        key: key.to_string(),
+        source,
     };
-    let mut writeback = local_root.and_then(|root| Writeback::open(&root, &key));
+    let (upload, sizes): (Box<dyn MultipartUpload>, _) = match local_root {
+        Some(root) => (
+            Box::new(local_upload(&root, &key).await.map_err(upload_error)?),
+            PartSizes::fixed(LOCAL_PART),
+        ),
+        None => (
+            store.put_multipart(&key).await.map_err(upload_error)?,
+            PartSizes::new(part_size),
+        ),
+    };
     let mut writer = PartWriter::new(upload, sizes);
     while let Some(chunk) = chunks.recv().await {
         if let Err(source) = writer.wait_for_capacity(concurrency).await {
@@ -212,86 +210,28 @@ pub async fn upload_parts(
                 source,
             });
         }
-        if let (Some(sent), Some(writeback)) = (writer.put(chunk), &mut writeback) {
-            writeback.sent(sent);
-        }
+        writer.put(chunk);
     }
     Ok(PendingUpload { key, writer })
 }
 
-/// Early writeback of a `file://` repository's staging file.
-///
-/// object_store's local backend writes an object into a staging file (`KEY#1`) and, with
-/// fsync on, makes it durable when the upload completes. Left alone, the kernel keeps the
-/// whole object in dirty pages (far below its writeback thresholds on a large machine)
-/// and writes all of it out in that final fsync, while every other stage is done and
-/// waits: 0.4–0.5 s for a 757 MiB payload. Asking the kernel to start writing what has
-/// reached the file so far, every 16 MiB, overlaps the disk writes with compression;
-/// the final fsync is then left with the last few MiB.
-///
-/// Only a hint: the durability still comes from object_store's fsync. If the staging
-/// file is not where this expects it (another object_store version), nothing is hinted.
-struct Writeback {
-    file: Arc<std::fs::File>,
-    running: Option<tokio::task::JoinHandle<()>>,
-    /// Bytes handed to the file since the last hint.
-    unhinted: usize,
+/// An upload of `key` into the `file://` repository at `root`, written around the page
+/// cache (`direct.rs`), at the path object_store's local backend reads it from.
+async fn local_upload(root: &std::path::Path, key: &Path) -> object_store::Result<DirectUpload> {
+    let dest = LocalFileSystem::new_with_prefix(root)?.path_to_filesystem(key)?;
+    tokio::task::spawn_blocking(move || {
+        DirectUpload::create(dest.clone(), LOCAL_PART).map_err(|e| object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: format!("creating {}: {e}", dest.display()).into(),
+        })
+    })
+    .await
+    .map_err(|source| object_store::Error::JoinError { source })?
 }
-
-impl Writeback {
-    fn open(root: &std::path::Path, key: &Path) -> Option<Writeback> {
-        let staging = format!("{key}#1");
-        match std::fs::File::open(root.join(&staging)) {
-            Ok(file) => Some(Writeback {
-                file: Arc::new(file),
-                running: None,
-                unhinted: 0,
-            }),
-            Err(e) => {
-                tracing::debug!(staging, error = %e, "no staging file to write back early");
-                None
-            }
-        }
-    }
-
-    /// Counts a part sent to the file; hints every `WRITEBACK_EVERY` bytes.
-    fn sent(&mut self, bytes: usize) {
-        self.unhinted += bytes;
-        if self.unhinted >= WRITEBACK_EVERY {
-            self.unhinted = 0;
-            self.start();
-        }
-    }
-
-    /// Starts writing out the file's dirty pages, on a blocking thread (the kernel may
-    /// wait for room in the device's queue); skipped while the previous request runs.
-    fn start(&mut self) {
-        if self.running.as_ref().is_some_and(|r| !r.is_finished()) {
-            return;
-        }
-        let file = self.file.clone();
-        self.running = Some(tokio::task::spawn_blocking(move || start_writeback(&file)));
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is open for as long as `file` lives; sync_file_range only
-    // queues the file's dirty pages for writing (offset 0, length 0: the whole file).
-    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "sync_file_range failed");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_: &std::fs::File) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::local::LocalFileSystem;
 
     async fn read_back(store: &Arc<dyn ObjectStore>, key: &Path) -> Bytes {
         let got = store.get(key).await.expect("the object exists");
@@ -397,17 +337,6 @@ mod tests {
         );
     }
 
-    /// The hint depends on where object_store stages a local upload; an upgrade that
-    /// moves the staging file must fail here rather than silently lose the overlap.
-    #[tokio::test]
-    async fn finds_the_staging_file_of_a_local_upload() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store = local_store(dir.path());
-        let key = Path::from("backups/job/20261130T000000.000Z-0123456789abcdef/payload.age");
-        let _upload = store.put_multipart(&key).await.expect("upload starts");
-        assert!(Writeback::open(dir.path(), &key).is_some());
-    }
-
     type Upload = tokio::task::JoinHandle<Result<PendingUpload, PipelineError>>;
 
     /// Starts `upload_parts` into a `file://` repository at `root`; send it chunks.
@@ -461,8 +390,10 @@ mod tests {
         assert_eq!(read_back(&store, &key).await.len(), 3 * chunk.len());
     }
 
+    /// Chunks of any size (parts that are not whole blocks, written through the page
+    /// cache) still make the whole object, and the staging file is gone after.
     #[tokio::test]
-    async fn a_local_upload_with_early_writeback_stores_every_byte() {
+    async fn a_local_upload_of_odd_chunks_stores_every_byte() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = local_store(dir.path());
         let key = Path::from("backups/job/20261130T000000.000Z-0123456789abcdef/payload.age");
