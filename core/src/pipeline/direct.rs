@@ -11,10 +11,11 @@
 //! (`KEY#N`, then a rename; `bk gc` sweeps staging files left by a killed run), and made
 //! durable the same way: the file is synced before the rename, its directory after.
 //! `O_DIRECT` needs each write's memory, offset and length aligned to the device's
-//! block: every part but the last is a whole 1 MiB chunk, copied into an aligned
-//! buffer (the copy costs a tenth of what the page cache's did); a part that is not aligned (the last) and a file system that refuses
-//! `O_DIRECT` get buffered writes, with the early-writeback hint the buffered path
-//! needs (see `start_writeback`).
+//! block: every part but the last is a whole 1 MiB chunk, copied into an aligned buffer
+//! (a tenth of what the page cache's copy cost). The last part (not a whole block) is
+//! written through the page cache; so is everything on a file system that is not a
+//! local disk (`on_local_disk`) or refuses `O_DIRECT`, with the early-writeback hint the
+//! buffered path needs (`start_writeback`).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind};
@@ -65,7 +66,7 @@ impl DirectUpload {
             .parent()
             .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "an object needs a folder"))?;
         create_dirs(parent)?;
-        let (file, staging, direct) = create_staging(&dest)?;
+        let (file, staging, direct) = create_staging(&dest, on_local_disk(parent))?;
         Ok(DirectUpload {
             target: Arc::new(Target {
                 file: RwLock::new(Some(file)),
@@ -299,9 +300,34 @@ fn create_dirs(dir: &FsPath) -> io::Result<()> {
     }
 }
 
-/// Opens a new `DEST#N` (the first N free), with `O_DIRECT` if the file system takes it.
-fn create_staging(dest: &FsPath) -> io::Result<(File, PathBuf, bool)> {
-    let mut direct = true;
+/// Whether `dir` is on a local disk file system (ext2/3/4, XFS, btrfs), where `O_DIRECT`
+/// saves the page cache's copy. Elsewhere bk writes through the page cache: on NFS or SMB
+/// each direct write waits for the server (and NFS commits it to disk, every 1 MiB), on
+/// tmpfs the page cache is the storage, on FUSE file systems it may mean anything.
+#[allow(clippy::unnecessary_cast)] // `f_type` and the constants differ in type by architecture
+fn on_local_disk(dir: &FsPath) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `path` is a NUL-terminated string and `stat` room for one `statfs`.
+    if unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statfs succeeded, so it filled the struct (which started zeroed anyway).
+    let kind = unsafe { stat.assume_init() }.f_type as i64;
+    [
+        libc::EXT4_SUPER_MAGIC as i64, // also ext2 and ext3
+        libc::XFS_SUPER_MAGIC as i64,
+        libc::BTRFS_SUPER_MAGIC as i64,
+    ]
+    .contains(&kind)
+}
+
+/// Opens a new `DEST#N` (the first N free), with `O_DIRECT` if `direct` and the file
+/// system takes it.
+fn create_staging(dest: &FsPath, mut direct: bool) -> io::Result<(File, PathBuf, bool)> {
     let mut n = 1u32;
     loop {
         let mut staging = dest.as_os_str().to_owned();
@@ -392,14 +418,16 @@ mod tests {
             .into()
     }
 
-    /// Whether this file system takes `O_DIRECT` at all (tmpfs before Linux 6.6 does not).
+    /// Whether bk writes around the page cache in `dir`: a local disk file system that
+    /// takes `O_DIRECT`.
     fn takes_direct(dir: &FsPath) -> bool {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(dir.join("probe"))
-            .is_ok()
+        on_local_disk(dir)
+            && OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(dir.join("probe"))
+                .is_ok()
     }
 
     /// Whole 1 MiB parts go around the page cache, in parallel and out of order; the
@@ -444,6 +472,20 @@ mod tests {
         let stored = std::fs::read(&dest).expect("published");
         assert_eq!(stored, parts.concat());
         assert!(!staging.exists());
+    }
+
+    /// Only local disk file systems are written around the page cache.
+    #[test]
+    fn only_local_disks_take_direct_writes() {
+        assert!(!on_local_disk(FsPath::new("/proc")));
+        assert!(!on_local_disk(FsPath::new("/no/such/folder")));
+        let ext4 = std::fs::read_to_string("/proc/self/mounts")
+            .expect("mounts")
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("/") && l.contains(" ext4 "));
+        if ext4 {
+            assert!(on_local_disk(FsPath::new("/")));
+        }
     }
 
     /// An aborted or abandoned upload leaves nothing, staging file included; a second
