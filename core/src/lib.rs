@@ -43,6 +43,26 @@ pub fn release_large_buffers() {
     }
 }
 
+/// Turns one of an open file's status flags (`O_NONBLOCK`, `O_DIRECT`, …) on or off.
+pub fn set_status_flag(
+    fd: std::os::fd::BorrowedFd<'_>,
+    flag: libc::c_int,
+    on: bool,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on a descriptor the caller holds open only read and change
+    // its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let wanted = if on { flags | flag } else { flags & !flag };
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, wanted) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// An error and all its causes, one sentence each, for logs, the catalog and alerts.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();

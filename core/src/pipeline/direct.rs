@@ -253,15 +253,8 @@ impl Target {
     }
 
     fn stop_direct(&self, file: &File) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let fd = file.as_raw_fd();
-        // SAFETY: F_GETFL/F_SETFL on a descriptor we own only change its status flags.
-        unsafe {
-            let flags = libc::fcntl(fd, libc::F_GETFL);
-            if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_DIRECT) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        use std::os::fd::AsFd;
+        crate::set_status_flag(file.as_fd(), libc::O_DIRECT, false)?;
         self.direct.store(false, Ordering::Relaxed);
         Ok(())
     }

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// A read shorter than this means the reader has caught up with the writer.
@@ -50,14 +50,7 @@ impl SourcePipe {
         unsafe {
             libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
         }
-        // SAFETY: F_GETFL/F_SETFL on a descriptor we own only change its status flags.
-        unsafe {
-            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
-            if flags < 0 || libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-        }
+        crate::set_status_flag(fd.as_fd(), libc::O_NONBLOCK, true)?;
         // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity (-1 if fd is no pipe).
         let capacity = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
         Ok(SourcePipe {
