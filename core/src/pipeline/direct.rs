@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::FutureExt;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
 use object_store::{MultipartUpload, PutPayload, PutResult, UploadPart};
 
 /// Alignment of memory, offsets and lengths for `O_DIRECT` writes: the largest logical
@@ -59,9 +61,19 @@ struct Target {
 }
 
 impl DirectUpload {
+    /// An upload of `key` into the `file://` repository at `root`, at the path
+    /// object_store's local backend reads it from, for parts of `part` bytes.
+    pub async fn start(root: &FsPath, key: &Path, part: usize) -> object_store::Result<Self> {
+        let dest = LocalFileSystem::new_with_prefix(root)?.path_to_filesystem(key)?;
+        blocking(move || {
+            DirectUpload::create(dest.clone(), part).map_err(|e| store_error(&dest, "creating", e))
+        })
+        .await
+    }
+
     /// Creates the staging file for `dest` (and the folders it needs), for parts of
     /// `part` bytes.
-    pub fn create(dest: PathBuf, part: usize) -> io::Result<DirectUpload> {
+    fn create(dest: PathBuf, part: usize) -> io::Result<DirectUpload> {
         let parent = dest
             .parent()
             .ok_or_else(|| io::Error::new(ErrorKind::InvalidInput, "an object needs a folder"))?;
@@ -353,47 +365,27 @@ fn start_writeback(file: &File) {
     }
 }
 
-/// A zeroed buffer whose start is aligned to `ALIGN`.
+/// A buffer with room for `len` bytes starting at an `ALIGN`ed address: a `Vec` with
+/// `ALIGN` bytes to spare, used from the first aligned byte on.
 struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
+    bytes: Vec<u8>,
     len: usize,
 }
 
-// SAFETY: the buffer is plain memory owned by this value alone.
-unsafe impl Send for AlignedBuf {}
-
 impl AlignedBuf {
-    fn layout(len: usize) -> io::Result<std::alloc::Layout> {
-        std::alloc::Layout::from_size_align(len.max(ALIGN), ALIGN)
-            .map_err(|e| io::Error::new(ErrorKind::InvalidInput, e))
-    }
-
     fn new(len: usize) -> io::Result<AlignedBuf> {
-        let layout = Self::layout(len)?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr =
-            std::ptr::NonNull::new(ptr).ok_or_else(|| io::Error::from(ErrorKind::OutOfMemory))?;
-        Ok(AlignedBuf {
-            ptr,
-            len: layout.size(),
-        })
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(len + ALIGN)
+            .map_err(|_| io::Error::from(ErrorKind::OutOfMemory))?;
+        bytes.resize(len + ALIGN, 0);
+        Ok(AlignedBuf { bytes, len })
     }
 
+    /// The first `len` aligned bytes (at most the `len` it was made for).
     fn as_mut_slice(&mut self, len: usize) -> &mut [u8] {
-        let len = len.min(self.len);
-        // SAFETY: the allocation holds `self.len` initialised (zeroed, then written)
-        // bytes, and `&mut self` makes this the only reference to them.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        if let Ok(layout) = Self::layout(self.len) {
-            // SAFETY: allocated in `new` with this same layout (`len` is its size).
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) }
-        }
+        let start = (ALIGN - self.bytes.as_ptr() as usize % ALIGN) % ALIGN;
+        &mut self.bytes[start..start + len.min(self.len)]
     }
 }
 

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayloadMut};
 use tokio::sync::mpsc;
@@ -191,7 +190,11 @@ pub async fn upload_parts(
     };
     let (upload, sizes): (Box<dyn MultipartUpload>, _) = match local_root {
         Some(root) => (
-            Box::new(local_upload(&root, &key).await.map_err(upload_error)?),
+            Box::new(
+                DirectUpload::start(&root, &key, LOCAL_PART)
+                    .await
+                    .map_err(upload_error)?,
+            ),
             PartSizes::fixed(LOCAL_PART),
         ),
         None => (
@@ -215,23 +218,10 @@ pub async fn upload_parts(
     Ok(PendingUpload { key, writer })
 }
 
-/// An upload of `key` into the `file://` repository at `root`, written around the page
-/// cache (`direct.rs`), at the path object_store's local backend reads it from.
-async fn local_upload(root: &std::path::Path, key: &Path) -> object_store::Result<DirectUpload> {
-    let dest = LocalFileSystem::new_with_prefix(root)?.path_to_filesystem(key)?;
-    tokio::task::spawn_blocking(move || {
-        DirectUpload::create(dest.clone(), LOCAL_PART).map_err(|e| object_store::Error::Generic {
-            store: "LocalFileSystem",
-            source: format!("creating {}: {e}", dest.display()).into(),
-        })
-    })
-    .await
-    .map_err(|source| object_store::Error::JoinError { source })?
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::local::LocalFileSystem;
 
     async fn read_back(store: &Arc<dyn ObjectStore>, key: &Path) -> Bytes {
         let got = store.get(key).await.expect("the object exists");
