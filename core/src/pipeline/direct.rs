@@ -24,6 +24,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use bytes::Bytes;
 use futures::FutureExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -31,7 +32,7 @@ use object_store::{MultipartUpload, PutPayload, PutResult, UploadPart};
 
 /// Alignment of memory, offsets and lengths for `O_DIRECT` writes: the largest logical
 /// block size of common devices (most take 512).
-const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 
 /// How much is written with buffered writes between two early-writeback hints.
 const WRITEBACK_EVERY: usize = 16 << 20;
@@ -97,6 +98,12 @@ impl DirectUpload {
     #[cfg(test)]
     fn is_direct(&self) -> bool {
         self.target.direct.load(Ordering::Relaxed)
+    }
+
+    /// How many aligned buffers parts were copied into.
+    #[cfg(test)]
+    fn copy_buffers(&self) -> usize {
+        self.target.buffers.lock().map(|b| b.len()).unwrap_or(0)
     }
 }
 
@@ -220,18 +227,11 @@ impl Target {
             offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN) && len <= self.part;
         if self.direct.load(Ordering::Relaxed) {
             if aligned {
-                let mut buffer = self.buffer()?;
-                let buf = buffer.as_mut_slice(len);
-                let mut at = 0;
-                for piece in data.iter() {
-                    buf[at..at + piece.len()].copy_from_slice(piece);
-                    at += piece.len();
-                }
-                let written = file.write_all_at(buf, offset);
-                self.buffers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(buffer);
+                let written = match single_aligned(data) {
+                    // One chunk from the pipeline, aligned already (chunks.rs): as it is.
+                    Some(piece) => file.write_all_at(piece, offset),
+                    None => self.write_copied(file, data, offset),
+                };
                 match written {
                     Ok(()) => return Ok(Some(())),
                     // The file system took the open but not the write (e.g. a larger
@@ -253,6 +253,23 @@ impl Target {
             start_writeback(file);
         }
         Ok(Some(()))
+    }
+
+    /// Writes `data` (of an aligned length) from an aligned buffer it is copied into.
+    fn write_copied(&self, file: &File, data: &PutPayload, offset: u64) -> io::Result<()> {
+        let mut buffer = self.buffer()?;
+        let buf = buffer.as_mut_slice(data.content_length());
+        let mut at = 0;
+        for piece in data.iter() {
+            buf[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        let written = file.write_all_at(buf, offset);
+        self.buffers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(buffer);
+        written
     }
 
     /// A free aligned buffer, or a new one.
@@ -365,6 +382,15 @@ fn start_writeback(file: &File) {
     }
 }
 
+/// The payload's only piece, if it starts at an aligned address.
+fn single_aligned(data: &PutPayload) -> Option<&Bytes> {
+    let mut pieces = data.iter();
+    match (pieces.next(), pieces.next()) {
+        (Some(piece), None) if piece.as_ptr().align_offset(ALIGN) == 0 => Some(piece),
+        _ => None,
+    }
+}
+
 /// A buffer with room for `len` bytes starting at an `ALIGN`ed address: a `Vec` with
 /// `ALIGN` bytes to spare, used from the first aligned byte on.
 struct AlignedBuf {
@@ -457,6 +483,37 @@ mod tests {
         let stored = std::fs::read(&dest).expect("published");
         assert_eq!(stored, parts.concat());
         assert!(!staging.exists());
+    }
+
+    /// A part that is one aligned chunk (as chunks.rs makes them) is written as it is;
+    /// one that is not is copied into an aligned buffer first.
+    #[tokio::test]
+    async fn an_aligned_chunk_is_written_without_a_copy() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        if !takes_direct(dir.path()) {
+            return;
+        }
+        let dest = dir.path().join("payload.age");
+        let mut upload = DirectUpload::create(dest.clone(), MIB).expect("created");
+        let data = pattern(MIB + ALIGN, 5);
+        let start = data.as_ptr().align_offset(ALIGN);
+        let aligned = data.slice(start..start + MIB);
+        upload
+            .put_part(PutPayload::from_bytes(aligned.clone()))
+            .await
+            .expect("aligned part written");
+        assert!(upload.is_direct());
+        assert_eq!(upload.copy_buffers(), 0, "the aligned chunk was not copied");
+        let unaligned = data.slice(start + 1..start + 1 + MIB);
+        upload
+            .put_part(PutPayload::from_bytes(unaligned.clone()))
+            .await
+            .expect("unaligned part written");
+        assert!(upload.is_direct());
+        assert_eq!(upload.copy_buffers(), 1, "the unaligned chunk was copied");
+        upload.complete().await.expect("completed");
+        let stored = std::fs::read(&dest).expect("published");
+        assert_eq!(stored, [aligned, unaligned].concat());
     }
 
     /// Only local disk file systems are written around the page cache.
