@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::io::{self, Write};
 
 use age::secrecy::{ExposeSecret, SecretBox};
-use age_core::format::{FileKey, Stanza, FILE_KEY_BYTES};
+use age_core::format::{FileKey, Stanza};
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use aws_lc_rs::hmac;
 use base64::{prelude::BASE64_STANDARD_NO_PAD, Engine};
@@ -32,7 +32,7 @@ use base64::{prelude::BASE64_STANDARD_NO_PAD, Engine};
 use crate::keys::Recipient;
 
 /// Plaintext bytes per STREAM chunk (age's fixed chunk size).
-pub const CHUNK_SIZE: usize = 64 * 1024;
+const CHUNK_SIZE: usize = 64 * 1024;
 const TAG_SIZE: usize = 16;
 const HEADER_MAGIC: &[u8] = b"age-encryption.org/v1\n";
 const MAC_PREFIX: &[u8] = b"---";
@@ -75,8 +75,8 @@ pub struct Encryptor<W> {
 }
 
 impl<W: Write> Encryptor<W> {
-    /// Seals and writes the last chunk (short or empty: age's marker of the stream's
-    /// end) and returns the writer.
+    /// Seals and writes the last chunk, flagged as the last (whole, short, or empty for
+    /// an empty stream), and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.seal(true)?;
         Ok(self.out)
@@ -177,8 +177,6 @@ fn random(buf: &mut [u8]) -> io::Result<()> {
     aws_lc_rs::rand::fill(buf)
         .map_err(|_| io::Error::other("the system's random number generator failed"))
 }
-
-const _: () = assert!(FILE_KEY_BYTES == 16);
 
 #[cfg(test)]
 mod tests {
