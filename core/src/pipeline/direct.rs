@@ -410,7 +410,7 @@ impl AlignedBuf {
 
     /// The first `len` aligned bytes (at most the `len` it was made for).
     fn as_mut_slice(&mut self, len: usize) -> &mut [u8] {
-        let start = (ALIGN - self.bytes.as_ptr() as usize % ALIGN) % ALIGN;
+        let start = self.bytes.as_ptr().align_offset(ALIGN);
         &mut self.bytes[start..start + len.min(self.len)]
     }
 }

@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::io::{self, Write};
 
 use age::secrecy::{ExposeSecret, SecretBox};
-use age_core::format::{FileKey, Stanza};
+use age_core::format::FileKey;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use aws_lc_rs::hmac;
 use base64::{prelude::BASE64_STANDARD_NO_PAD, Engine};
@@ -133,10 +133,10 @@ fn header(file_key: &FileKey, recipients: &[Recipient]) -> io::Result<Vec<u8>> {
     if recipients.is_empty() {
         return Err(refused("no recipients".into()));
     }
-    let mut stanzas: Vec<Stanza> = Vec::new();
+    let mut header = HEADER_MAGIC.to_vec();
     let mut first_labels: Option<HashSet<String>> = None;
     for recipient in recipients {
-        let (mut wrapped, labels) = recipient
+        let (stanzas, labels) = recipient
             .wrap_file_key(file_key)
             .map_err(|e| refused(e.to_string()))?;
         // As the age crate's Encryptor: recipients that label their stanzas (e.g. for
@@ -146,16 +146,14 @@ fn header(file_key: &FileKey, recipients: &[Recipient]) -> io::Result<Vec<u8>> {
             Some(first) if *first == labels => {}
             Some(_) => return Err(refused("these recipient types cannot be mixed".into())),
         }
-        stanzas.append(&mut wrapped);
-    }
-    let mut header = HEADER_MAGIC.to_vec();
-    for stanza in &stanzas {
-        let args: Vec<&str> = stanza.args.iter().map(String::as_str).collect();
-        header = cookie_factory::gen_simple(
-            age_core::format::write::age_stanza(&stanza.tag, &args, &stanza.body),
-            header,
-        )
-        .map_err(|e| refused(format!("cannot write a stanza: {e:?}")))?;
+        for stanza in &stanzas {
+            let args: Vec<&str> = stanza.args.iter().map(String::as_str).collect();
+            header = cookie_factory::gen_simple(
+                age_core::format::write::age_stanza(&stanza.tag, &args, &stanza.body),
+                header,
+            )
+            .map_err(|e| refused(format!("cannot write a stanza: {e:?}")))?;
+        }
     }
     header.extend_from_slice(MAC_PREFIX);
     let mac_key = SecretBox::new(Box::new(age_core::primitives::hkdf(
