@@ -120,6 +120,10 @@ const PAUSE_STATE_SQL: &str = "SELECT pg_get_wal_replay_pause_state()";
 const DUMP_APP: &str = "bk_pg_dump";
 const TERMINATE_SQL: &str = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
      WHERE application_name = 'bk_pg_dump' AND datname = current_database()";
+/// A control query cancelled by a recovery conflict is retried this many times, the
+/// first after `CONTROL_RETRY_WAIT`, then twice as long each time (7.75 s in all).
+const CONTROL_RETRIES: u32 = 5;
+const CONTROL_RETRY_WAIT: Duration = Duration::from_millis(250);
 /// How often the replay lag is measured during the dump.
 const LAG_POLL: Duration = Duration::from_secs(2);
 
@@ -139,13 +143,20 @@ pub fn commands(job: &JobConfig) -> Vec<String> {
     out
 }
 
-/// Pauses replay, waits for its stdin to close, then resumes (retrying: giving up
-/// would leave an outage).
+/// Pauses replay (again after a recovery conflict, up to five tries, as `query` does),
+/// waits for its stdin to close, then resumes (retrying: giving up would leave an outage).
 fn watchdog_script(job: &JobConfig) -> String {
-    let pause = psql(job, "SELECT pg_wal_replay_pause()");
-    let resume = psql(job, "SELECT pg_wal_replay_resume()");
+    pauser_script(
+        &psql(job, "SELECT pg_wal_replay_pause()"),
+        &psql(job, "SELECT pg_wal_replay_resume()"),
+    )
+}
+
+fn pauser_script(pause: &str, resume: &str) -> String {
     format!(
-        "{pause} >/dev/null || exit 3; cat >/dev/null; \
+        "n=0; until err=$({pause} 2>&1 >/dev/null); do n=$((n+1)); \
+         case $err in *{RECOVERY_CONFLICT:?}*) [ $n -lt 5 ] && sleep 1 && continue;; esac; \
+         printf '%s\\n' \"$err\" >&2; exit 3; done; cat >/dev/null; \
          for i in 1 2 3 4 5 6 7 8 9 10; do {resume} >/dev/null 2>&1 && exit 0; sleep 2; done; exit 4"
     )
 }
@@ -306,16 +317,23 @@ impl PgSession {
         }
     }
 
+    /// Runs one of the short control queries (state, pause state). A hot standby can
+    /// cancel even these, at connection start, while replay removes rows; that says
+    /// nothing about the dump, so they are retried a few times before it counts.
     async fn query(&self, job: &JobConfig, sql: &str) -> Result<String, SourceError> {
-        let (outcome, stdout, stderr) = self.host.output(&psql(job, sql)).await?;
-        if outcome != ExitOutcome::Code(0) {
-            return Err(SourceError::Failed {
-                host: self.host.name().to_string(),
-                outcome,
-                stderr: format!("psql: {}", stderr.trim()),
-            });
-        }
-        Ok(stdout)
+        let command = psql(job, sql);
+        retry_conflicts(CONTROL_RETRY_WAIT, || async {
+            let (outcome, stdout, stderr) = self.host.output(&command).await?;
+            if outcome != ExitOutcome::Code(0) {
+                return Err(SourceError::Failed {
+                    host: self.host.name().to_string(),
+                    outcome,
+                    stderr: format!("psql: {}", stderr.trim()),
+                });
+            }
+            Ok(stdout)
+        })
+        .await
     }
 
     async fn pause(&mut self, job: &JobConfig) -> Result<(), SourceError> {
@@ -466,6 +484,31 @@ pub fn is_recovery_conflict(e: &SourceError) -> bool {
     matches!(e, SourceError::Failed { stderr, .. } if stderr.contains(RECOVERY_CONFLICT))
 }
 
+/// Runs `attempt` again after each recovery conflict, waiting `first`, then twice as
+/// long each time, at most `CONTROL_RETRIES` times; any other result is returned as is.
+async fn retry_conflicts<T, F, Fut>(first: Duration, mut attempt: F) -> Result<T, SourceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, SourceError>>,
+{
+    let mut wait = first;
+    for _ in 0..CONTROL_RETRIES {
+        match attempt().await {
+            Err(e) if is_recovery_conflict(&e) => {
+                tracing::info!(
+                    error = %e,
+                    "the replica cancelled a control query (conflict with recovery); retrying in {}ms",
+                    wait.as_millis()
+                );
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            done => return done,
+        }
+    }
+    attempt().await
+}
+
 /// A command whose stdin bk holds open; it sees EOF when bk lets go, dies, or the
 /// connection drops.
 enum Watchdog {
@@ -569,6 +612,101 @@ impl Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failed(stderr: &str) -> SourceError {
+        SourceError::Failed {
+            host: "db".into(),
+            outcome: ExitOutcome::Code(2),
+            stderr: stderr.into(),
+        }
+    }
+
+    const CONFLICT: &str = "psql: error: connection to server failed: FATAL:  canceling \
+         statement due to conflict with recovery";
+
+    #[tokio::test(start_paused = true)]
+    async fn control_queries_are_retried_after_conflicts_only() {
+        let tries = std::cell::Cell::new(0);
+        let started = tokio::time::Instant::now();
+        let got = retry_conflicts(CONTROL_RETRY_WAIT, || async {
+            tries.set(tries.get() + 1);
+            if tries.get() < 3 {
+                Err(failed(CONFLICT))
+            } else {
+                Ok("t|0|15.8")
+            }
+        })
+        .await;
+        assert_eq!(got.ok(), Some("t|0|15.8"));
+        assert_eq!(tries.get(), 3);
+        assert_eq!(started.elapsed(), Duration::from_millis(750));
+
+        tries.set(0);
+        let got: Result<(), _> = retry_conflicts(CONTROL_RETRY_WAIT, || async {
+            tries.set(tries.get() + 1);
+            Err(failed(CONFLICT))
+        })
+        .await;
+        assert!(got.is_err_and(|e| is_recovery_conflict(&e)));
+        assert_eq!(tries.get(), 1 + CONTROL_RETRIES);
+
+        tries.set(0);
+        let got: Result<(), _> = retry_conflicts(CONTROL_RETRY_WAIT, || async {
+            tries.set(tries.get() + 1);
+            Err(failed(
+                "psql: error: FATAL:  password authentication failed",
+            ))
+        })
+        .await;
+        assert!(got.is_err_and(|e| e.to_string().contains("password")));
+        assert_eq!(tries.get(), 1);
+    }
+
+    /// The watchdog run by /bin/sh, with a script standing in for psql's pause: it fails
+    /// the first `fails` times, printing `message`; returns the exit code, stderr and
+    /// the number of pause calls.
+    fn run_pauser(fails: u32, message: &str) -> (Option<i32>, String, usize) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("pause");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho x >> \"$0.count\"\n\
+                 [ $(wc -l < \"$0.count\") -gt {fails} ] || {{ echo {message:?} >&2; exit 2; }}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(pauser_script(&quote(&script.to_string_lossy()), "true"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let calls = std::fs::read_to_string(script.with_extension("count"))
+            .unwrap_or_default()
+            .lines()
+            .count();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            calls,
+        )
+    }
+
+    #[test]
+    fn the_watchdog_retries_a_conflicted_pause_and_reports_other_failures() {
+        let (code, stderr, calls) = run_pauser(2, CONFLICT);
+        assert_eq!((code, calls), (Some(0), 3), "{stderr}");
+        assert!(stderr.is_empty(), "{stderr}");
+        let (code, stderr, calls) = run_pauser(9, CONFLICT);
+        assert_eq!((code, calls), (Some(3), 5), "{stderr}");
+        assert!(stderr.contains(RECOVERY_CONFLICT), "{stderr}");
+        let (code, stderr, calls) = run_pauser(9, "permission denied for function");
+        assert_eq!((code, calls), (Some(3), 1), "{stderr}");
+        assert_eq!(stderr.trim(), "permission denied for function");
+    }
 
     #[test]
     fn conninfo_gets_a_quoted_dbname_and_loses_its_password() {
