@@ -32,11 +32,11 @@ use base64::{prelude::BASE64_STANDARD_NO_PAD, Engine};
 use crate::keys::Recipient;
 
 /// Plaintext bytes per STREAM chunk (age's fixed chunk size).
-const CHUNK_SIZE: usize = 64 * 1024;
-const TAG_SIZE: usize = 16;
-const HEADER_MAGIC: &[u8] = b"age-encryption.org/v1\n";
-const MAC_PREFIX: &[u8] = b"---";
-const PAYLOAD_NONCE_BYTES: usize = 16;
+pub(crate) const CHUNK_SIZE: usize = 64 * 1024;
+pub(crate) const TAG_SIZE: usize = 16;
+pub(crate) const HEADER_MAGIC: &[u8] = b"age-encryption.org/v1\n";
+pub(crate) const MAC_PREFIX: &[u8] = b"---";
+pub(crate) const PAYLOAD_NONCE_BYTES: usize = 16;
 
 /// Creates the age stage: writes the header and payload nonce to `out` at once, and
 /// the payload as it is written. [`Encryptor::finish`] must be called: it writes the
@@ -48,16 +48,11 @@ pub fn encryptor<W: Write>(mut out: W, recipients: &[Recipient]) -> io::Result<E
     random(&mut nonce)?;
     out.write_all(&header)?;
     out.write_all(&nonce)?;
-    let payload_key = SecretBox::new(Box::new(age_core::primitives::hkdf(
-        &nonce,
-        b"payload",
-        file_key.expose_secret(),
-    )));
-    let key = UnboundKey::new(&CHACHA20_POLY1305, payload_key.expose_secret())
-        .map_err(|_| io::Error::other("cannot set up ChaCha20-Poly1305 with the payload key"))?;
+    let key = payload_key(&file_key, &nonce)
+        .ok_or_else(|| io::Error::other("cannot set up ChaCha20-Poly1305 with the payload key"))?;
     Ok(Encryptor {
         out,
-        key: LessSafeKey::new(key),
+        key,
         counter: 0,
         chunk: Vec::with_capacity(CHUNK_SIZE + TAG_SIZE),
     })
@@ -83,13 +78,10 @@ impl<W: Write> Encryptor<W> {
     }
 
     fn seal(&mut self, last: bool) -> io::Result<()> {
-        let mut nonce = [0u8; 12];
-        nonce[3..11].copy_from_slice(&self.counter.to_be_bytes());
-        nonce[11] = u8::from(last);
         let tag = self
             .key
             .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
+                chunk_nonce(self.counter, last),
                 Aad::empty(),
                 &mut self.chunk,
             )
@@ -156,19 +148,40 @@ fn header(file_key: &FileKey, recipients: &[Recipient]) -> io::Result<Vec<u8>> {
         }
     }
     header.extend_from_slice(MAC_PREFIX);
-    let mac_key = SecretBox::new(Box::new(age_core::primitives::hkdf(
-        &[],
-        b"header",
-        file_key.expose_secret(),
-    )));
-    let mac = hmac::sign(
-        &hmac::Key::new(hmac::HMAC_SHA256, mac_key.expose_secret()),
-        &header,
-    );
+    let mac = hmac::sign(&mac_key(file_key), &header);
     header.push(b' ');
     header.extend_from_slice(BASE64_STANDARD_NO_PAD.encode(mac.as_ref()).as_bytes());
     header.push(b'\n');
     Ok(header)
+}
+
+/// The key of the header's MAC: HMAC-SHA256 under HKDF(file key, "", "header").
+pub(crate) fn mac_key(file_key: &FileKey) -> hmac::Key {
+    let key = SecretBox::new(Box::new(age_core::primitives::hkdf(
+        &[],
+        b"header",
+        file_key.expose_secret(),
+    )));
+    hmac::Key::new(hmac::HMAC_SHA256, key.expose_secret())
+}
+
+/// The payload's ChaCha20-Poly1305 key: HKDF(file key, nonce, "payload").
+pub(crate) fn payload_key(file_key: &FileKey, nonce: &[u8]) -> Option<LessSafeKey> {
+    let key = SecretBox::new(Box::new(age_core::primitives::hkdf(
+        nonce,
+        b"payload",
+        file_key.expose_secret(),
+    )));
+    let key = UnboundKey::new(&CHACHA20_POLY1305, key.expose_secret()).ok()?;
+    Some(LessSafeKey::new(key))
+}
+
+/// A STREAM chunk's nonce: the 11-byte big-endian counter, then the last-chunk flag.
+pub(crate) fn chunk_nonce(counter: u64, last: bool) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[3..11].copy_from_slice(&counter.to_be_bytes());
+    nonce[11] = u8::from(last);
+    Nonce::assume_unique_for_key(nonce)
 }
 
 fn random(buf: &mut [u8]) -> io::Result<()> {

@@ -8,6 +8,7 @@
 //! against the commit record and the plaintext's against the manifest.
 
 pub mod compare;
+pub mod decrypt;
 pub mod download;
 pub mod extract;
 pub mod mysql;

@@ -1,7 +1,7 @@
 //! The restore data path, the backup's in reverse:
 //!
 //! ```text
-//! stored object ─▶ hash ─▶ age decrypt ═▶ zstd decode ─▶ hash ═▶ sink
+//! stored object ─▶ hash ─▶ age decrypt (decrypt.rs) ═▶ zstd decode ─▶ hash ═▶ sink
 //! └──── decrypt thread ──────────┘  └ decompress thread ┘  └ caller
 //! ```
 //!
@@ -111,16 +111,15 @@ pub fn unseal(
         key: key.to_string(),
         reason,
     };
-    let decryptor = age::Decryptor::new_buffered(BufReader::with_capacity(1 << 20, hashed))
-        .map_err(|e| damaged(format!("not a readable age file: {e}")))?;
-    let decrypted = decryptor
-        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
-        .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => RestoreError::WrongKey {
-                key: key.to_string(),
+    let decrypted =
+        super::decrypt::decryptor(BufReader::with_capacity(1 << 20, hashed), identities).map_err(
+            |e| match e {
+                age::DecryptError::NoMatchingKeys => RestoreError::WrongKey {
+                    key: key.to_string(),
+                },
+                other => damaged(format!("not a readable age file: {other}")),
             },
-            other => damaged(format!("age: {other}")),
-        })?;
+        )?;
     let decrypted = Labeled {
         inner: decrypted,
         stage: "age decryption failed (the object is corrupted or truncated)",
