@@ -58,7 +58,8 @@ pub fn decryptor<R: BufRead>(
         key,
         counter: 0,
         ended: false,
-        chunk: Vec::with_capacity(SEALED_CHUNK),
+        failed: false,
+        chunk: Vec::new(),
         start: 0,
         plaintext: 0,
     })
@@ -125,20 +126,27 @@ pub struct Payload<R> {
     counter: u64,
     /// The last chunk has been opened.
     ended: bool,
-    /// The current chunk, opened in place: plaintext in `start..plaintext`.
+    /// A chunk failed: every later read fails too (nothing after it is trusted).
+    failed: bool,
+    /// The current chunk, opened in place: plaintext in `start..plaintext` (allocated
+    /// when a caller's buffer is too small to open a chunk in).
     chunk: Vec<u8>,
     start: usize,
     plaintext: usize,
 }
 
-fn broken(why: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why.to_string())
+fn broken(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
 impl<R: BufRead> Payload<R> {
     /// Reads the next sealed chunk into `buf` (at least `SEALED_CHUNK` long), opens it
     /// in place and returns the plaintext's length.
     fn open_next(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(broken("the age payload failed to open earlier"));
+        }
+        self.failed = true;
         let mut filled = 0;
         while filled < SEALED_CHUNK {
             match self.inner.read(&mut buf[filled..SEALED_CHUNK]) {
@@ -163,7 +171,7 @@ impl<R: BufRead> Payload<R> {
                 &mut buf[..filled],
             )
             .map_err(|_| {
-                broken(&format!(
+                broken(format!(
                     "age payload chunk {} does not authenticate (damaged, reordered or cut short)",
                     self.counter
                 ))
@@ -174,6 +182,7 @@ impl<R: BufRead> Payload<R> {
         }
         self.counter += 1;
         self.ended = last;
+        self.failed = false;
         Ok(opened)
     }
 }
@@ -187,14 +196,15 @@ impl<R: BufRead> Read for Payload<R> {
             if self.ended {
                 return Ok(0);
             }
-            // A caller's buffer that holds a whole sealed chunk gets it opened in place:
-            // no copy through `chunk`.
-            // (Only the last chunk is short, so this returns 0 only at the end.)
+            // A caller's buffer that holds a whole sealed chunk gets it opened in place,
+            // with no copy through `chunk` (only the last chunk can open to 0 bytes).
             if buf.len() >= SEALED_CHUNK {
                 return self.open_next(buf);
             }
             let mut chunk = std::mem::take(&mut self.chunk);
-            chunk.resize(SEALED_CHUNK, 0);
+            if chunk.is_empty() {
+                chunk = vec![0; SEALED_CHUNK];
+            }
             let opened = self.open_next(&mut chunk);
             self.chunk = chunk;
             self.plaintext = opened?;
@@ -343,6 +353,17 @@ mod tests {
                     "{what}: opened (reads of {read_size})"
                 );
             }
+        }
+        // A reader that ignores the error and reads on gets errors, never the next chunk
+        // (here a whole chunk of junk put in before chunk 1, which would open next).
+        let mut s = sealed[..chunk(1)].to_vec();
+        s.extend_from_slice(&[0x5a; SEALED_CHUNK]);
+        s.extend_from_slice(&sealed[chunk(1)..]);
+        let mut payload = decryptor(&s[..], &ids).unwrap();
+        let mut buf = vec![0; 1 << 20];
+        assert_eq!(payload.read(&mut buf).unwrap(), CHUNK_SIZE);
+        for _ in 0..3 {
+            assert!(payload.read(&mut buf).is_err());
         }
         assert!(open(&sealed, &ids, 4096).unwrap() == plain);
     }
