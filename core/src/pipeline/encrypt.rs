@@ -190,17 +190,18 @@ fn random(buf: &mut [u8]) -> io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Read;
 
-    fn identity() -> (age::x25519::Identity, Recipient) {
+    pub(crate) fn identity() -> (age::x25519::Identity, Recipient) {
         let id = age::x25519::Identity::generate();
         let recipient = Box::new(id.to_public()) as Recipient;
         (id, recipient)
     }
 
-    fn seal(data: &[u8], writes: usize, recipients: &[Recipient]) -> Vec<u8> {
+    /// Sealed by bk's writer in writes of `writes` bytes.
+    pub(crate) fn seal(data: &[u8], writes: usize, recipients: &[Recipient]) -> Vec<u8> {
         let mut enc = encryptor(Vec::new(), recipients).unwrap();
         for piece in data.chunks(writes.max(1)) {
             enc.write_all(piece).unwrap();

@@ -99,12 +99,12 @@ fn open_header(bytes: &[u8], identities: &[Identity]) -> Result<LessSafeKey, Dec
 }
 
 /// Keeps a copy of every byte read through it.
-struct Recorder<'a, R> {
-    inner: &'a mut R,
+struct Recorder<R> {
+    inner: R,
     bytes: Vec<u8>,
 }
 
-impl<R: Read> Read for Recorder<'_, R> {
+impl<R: Read> Read for Recorder<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.bytes.len() + buf.len() > MAX_HEADER {
             return Err(io::Error::new(
@@ -221,18 +221,17 @@ impl<R: BufRead> Read for Payload<R> {
 mod tests {
     use super::*;
     use crate::keys::Recipient;
+    use crate::pipeline::encrypt::tests::identity;
     use std::io::Write;
 
     fn key() -> (Identity, Recipient) {
-        let id = age::x25519::Identity::generate();
-        let recipient = Box::new(id.to_public()) as Recipient;
+        let (id, recipient) = identity();
         (Box::new(id) as Identity, recipient)
     }
 
+    /// Sealed by bk's writer in one write.
     fn seal(data: &[u8], recipients: &[Recipient]) -> Vec<u8> {
-        let mut enc = crate::pipeline::encrypt::encryptor(Vec::new(), recipients).unwrap();
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
+        crate::pipeline::encrypt::tests::seal(data, data.len(), recipients)
     }
 
     /// Opens `sealed`, reading into buffers of `read_size` bytes.

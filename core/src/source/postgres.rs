@@ -322,7 +322,7 @@ impl PgSession {
     /// nothing about the dump, so they are retried a few times before it counts.
     async fn query(&self, job: &JobConfig, sql: &str) -> Result<String, SourceError> {
         let command = psql(job, sql);
-        retry_conflicts(CONTROL_RETRY_WAIT, || async {
+        retry_conflicts(|| async {
             let (outcome, stdout, stderr) = self.host.output(&command).await?;
             if outcome != ExitOutcome::Code(0) {
                 return Err(SourceError::Failed {
@@ -484,14 +484,15 @@ pub fn is_recovery_conflict(e: &SourceError) -> bool {
     matches!(e, SourceError::Failed { stderr, .. } if stderr.contains(RECOVERY_CONFLICT))
 }
 
-/// Runs `attempt` again after each recovery conflict, waiting `first`, then twice as
-/// long each time, at most `CONTROL_RETRIES` times; any other result is returned as is.
-async fn retry_conflicts<T, F, Fut>(first: Duration, mut attempt: F) -> Result<T, SourceError>
+/// Runs `attempt` again after each recovery conflict, waiting `CONTROL_RETRY_WAIT`, then
+/// twice as long each time, at most `CONTROL_RETRIES` times; any other result is
+/// returned as is.
+async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, SourceError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SourceError>>,
 {
-    let mut wait = first;
+    let mut wait = CONTROL_RETRY_WAIT;
     for _ in 0..CONTROL_RETRIES {
         match attempt().await {
             Err(e) if is_recovery_conflict(&e) => {
@@ -628,7 +629,7 @@ mod tests {
     async fn control_queries_are_retried_after_conflicts_only() {
         let tries = std::cell::Cell::new(0);
         let started = tokio::time::Instant::now();
-        let got = retry_conflicts(CONTROL_RETRY_WAIT, || async {
+        let got = retry_conflicts(|| async {
             tries.set(tries.get() + 1);
             if tries.get() < 3 {
                 Err(failed(CONFLICT))
@@ -642,7 +643,7 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_millis(750));
 
         tries.set(0);
-        let got: Result<(), _> = retry_conflicts(CONTROL_RETRY_WAIT, || async {
+        let got: Result<(), _> = retry_conflicts(|| async {
             tries.set(tries.get() + 1);
             Err(failed(CONFLICT))
         })
@@ -651,7 +652,7 @@ mod tests {
         assert_eq!(tries.get(), 1 + CONTROL_RETRIES);
 
         tries.set(0);
-        let got: Result<(), _> = retry_conflicts(CONTROL_RETRY_WAIT, || async {
+        let got: Result<(), _> = retry_conflicts(|| async {
             tries.set(tries.get() + 1);
             Err(failed(
                 "psql: error: FATAL:  password authentication failed",
