@@ -410,7 +410,7 @@ async fn attempt(
             let mut spool = EntrySpool::new()?;
             let mut row_counts = None;
             if is_tar {
-                tar_index::index(Tee::new(input, out), &mut spool)?;
+                tar_index::index(input, out, &mut spool)?;
             } else if is_pg_dump {
                 row_counts = Some(pg_archive::count_rows(Tee::new(input, out))?);
             } else {

@@ -129,6 +129,17 @@ impl EntrySpool {
         self.count
     }
 
+    /// The entries pushed so far, read back.
+    #[cfg(test)]
+    pub fn into_entries(self) -> io::Result<Vec<Entry>> {
+        let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.rewind()?;
+        io::BufReader::new(file)
+            .lines()
+            .map(|line| Ok(serde_json::from_str(&line?)?))
+            .collect()
+    }
+
     /// The whole manifest, header first, as a reader to feed into the pipeline.
     pub fn into_manifest(self, mut header: ManifestHeader) -> io::Result<impl Read + Send> {
         header.entries = self.count;
