@@ -129,8 +129,7 @@ impl EntrySpool {
         self.count
     }
 
-    /// The entries pushed so far, read back.
-    #[cfg(test)]
+    /// The entries pushed so far, read back (for tests and the fuzz targets).
     pub fn into_entries(self) -> io::Result<Vec<Entry>> {
         let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.rewind()?;
