@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let mut spool = EntrySpool::new().expect("a temporary file");
     let mut passed = Vec::new();
     let indexed = tar_index::index(data, &mut passed, &mut spool);
-    assert!(data.starts_with(&passed), "bytes passed on that are not the input's");
+    assert!(
+        data.starts_with(&passed),
+        "bytes passed on that are not the input's"
+    );
     if indexed.is_err() {
         return;
     }
