@@ -140,73 +140,66 @@ pub fn index<R: BufRead, W: Write>(reader: R, sink: W, spool: &mut EntrySpool) -
         pos: 0,
         content: content.clone(),
     });
-    // The file whose content is passed over on the way to the next header.
-    let mut pending: Option<Entry> = None;
     for entry in archive.entries_with_seek()? {
         let entry = entry?;
-        if let Some(file) = pending.take() {
-            spool.push(&content.borrow_mut().finish(file))?;
+        // The stream is past the previous file's content on the way to this header.
+        if let Some(file) = content.borrow_mut().finish() {
+            spool.push(&file)?;
         }
         let described = describe_header(&entry)?;
         if described.kind == EntryType::File {
-            content.borrow_mut().start(&described);
-            pending = Some(described);
+            content.borrow_mut().start(described);
         } else {
             spool.push(&described)?;
         }
     }
-    if let Some(file) = pending.take() {
-        spool.push(&content.borrow_mut().finish(file))?;
+    if let Some(file) = content.borrow_mut().finish() {
+        spool.push(&file)?;
     }
     archive.into_inner().drain()
 }
 
-/// The content hash of the file entry being passed over.
+/// The file entry whose content is being passed over, and its content hash.
 #[derive(Default)]
 struct Content {
-    hasher: Option<blake3::Hasher>,
-    /// Bytes of the content still to come.
+    file: Option<Entry>,
+    hasher: blake3::Hasher,
+    /// Bytes of the file's content still to come.
     left: u64,
-    path: String,
-    size: u64,
 }
 
 impl Content {
-    fn start(&mut self, file: &Entry) {
-        self.hasher = Some(blake3::Hasher::new());
+    fn start(&mut self, file: Entry) {
+        self.hasher.reset();
         self.left = file.size;
-        self.path.clone_from(&file.path);
-        self.size = file.size;
+        self.file = Some(file);
     }
 
-    /// Hashes the part of `bytes` that belongs to the content.
+    /// Hashes the part of `bytes` that belongs to the file's content.
     fn take(&mut self, bytes: &[u8]) {
-        if let Some(hasher) = &mut self.hasher {
-            let n = usize::try_from(self.left).map_or(bytes.len(), |left| left.min(bytes.len()));
-            hasher.update(&bytes[..n]);
-            self.left -= n as u64;
-        }
+        let n = usize::try_from(self.left).map_or(bytes.len(), |left| left.min(bytes.len()));
+        self.hasher.update(&bytes[..n]);
+        self.left -= n as u64;
     }
 
-    /// The entry with its content hash; called once the stream is past its content.
-    fn finish(&mut self, mut file: Entry) -> Entry {
-        file.blake3 = self
-            .hasher
-            .take()
-            .map(|h| h.finalize().to_hex().to_string());
-        file
+    /// The file with its content hash; called once the stream is past its content.
+    fn finish(&mut self) -> Option<Entry> {
+        let mut file = self.file.take()?;
+        file.blake3 = Some(self.hasher.finalize().to_hex().to_string());
+        Some(file)
     }
 
     fn cut_short(&self) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!(
+        let why = match &self.file {
+            Some(file) if self.left > 0 => format!(
                 "tar entry `{}` announces {} bytes but the stream ends after {}",
-                self.path,
-                self.size,
-                self.size - self.left
+                file.path,
+                file.size,
+                file.size - self.left
             ),
-        )
+            _ => "the tar stream ends inside an entry's data or padding".to_string(),
+        };
+        io::Error::new(io::ErrorKind::UnexpectedEof, why)
     }
 }
 
@@ -420,6 +413,24 @@ mod tests {
             );
             assert_eq!(err.to_string(), told);
         }
+    }
+
+    #[test]
+    fn a_stream_cut_in_the_padding_after_a_file_says_so() {
+        let archive = mixed_archive();
+        // file1 holds 1 byte, then 511 bytes of padding: cut 100 bytes into them.
+        let content = archive
+            .windows(9)
+            .position(|w| w == b"dir/file1")
+            .expect("file1's header")
+            + 512;
+        let mut spool = EntrySpool::new().unwrap();
+        let err = index(&archive[..content + 100], io::sink(), &mut spool).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the tar stream ends inside an entry's data or padding"
+        );
     }
 
     #[test]
