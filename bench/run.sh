@@ -231,6 +231,14 @@ step_shell_backup() {
         bash -o pipefail -c 'tar cf - -C "$1" . | zstd -q -"$2" -T0 | age -r "$3" >"$4"' \
         _ "$DATA" "$LEVEL" "$RECIPIENT" "$CIPHER"
 }
+# The same, and then `sync FILE` (fsync): bk makes what it stored durable before it
+# commits it, and the plain pipeline leaves its output to the kernel's writeback, after
+# the clock stops. Shown beside the reference, not instead of it.
+step_shell_backup_synced() {
+    measure "shell + fsync" backup "$CIPHER" shell-backup-synced.log 'fresh "$SH"' -- \
+        bash -o pipefail -c 'tar cf - -C "$1" . | zstd -q -"$2" -T0 | age -r "$3" >"$4" && sync "$4"' \
+        _ "$DATA" "$LEVEL" "$RECIPIENT" "$CIPHER"
+}
 step_shell_verify() {
     measure shell "$VERIFY" - shell-verify.log : -- \
         bash -o pipefail -c 'age -d -i "$1" "$2" | zstd -q -d | tar tf - >/dev/null' \
@@ -283,7 +291,7 @@ step_borg_restore() {
 }
 
 # ------------------------------------------ 4d. the steps, each round every tool in turn
-BACKUPS=(step_bk_backup step_shell_backup)
+BACKUPS=(step_bk_backup step_shell_backup step_shell_backup_synced)
 RESTORES=(step_bk_restore step_shell_restore)
 if [[ $PEERS == 1 ]]; then
     BACKUPS+=(step_restic_backup step_borg_backup)
@@ -524,7 +532,7 @@ def versus(r):
 order = {}
 for (tool, op) in steps:
     order.setdefault(op, len(order))
-tools = {"bk": 0, "shell": 1, "restic": 2, "borg": 3}
+tools = {"bk": 0, "shell": 1, "shell + fsync": 2, "restic": 3, "borg": 4}
 rows.sort(key=lambda r: (order[r["op"]], tools.get(r["tool"], 9)))
 
 head = ["tool", "operation", "MB/s", "wall s", "wall range s", "CPU s", "peak RSS MiB",
