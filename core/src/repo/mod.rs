@@ -401,50 +401,31 @@ fn local_commit_keys(
     job_dir: &std::path::Path,
     job: &str,
 ) -> std::io::Result<Vec<(String, BackupId)>> {
-    // Commit records are looked up relative to the open job folder: with 100,000
-    // backups, walking each record's whole path from `/` was a tenth of `bk list`.
-    let opened =
-        std::fs::File::open(job_dir).and_then(|dir| Ok((std::fs::read_dir(job_dir)?, dir)));
-    let (entries, dir) = match opened {
-        Ok(opened) => opened,
+    let entries = match std::fs::read_dir(job_dir) {
+        Ok(entries) => entries,
         // A job without backups has no folder: an empty listing, as from the store.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let mut keys = Vec::new();
     for entry in entries {
-        let name = entry?.file_name();
-        let Some(name) = name.to_str() else {
+        let entry = entry?;
+        let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| BackupId::parse(name).ok())
+        else {
             continue;
         };
-        let Ok(id) = BackupId::parse(name) else {
-            continue;
-        };
-        let commit = std::ffi::CString::new(format!("{name}/{}", layout::COMMIT))?;
-        match is_file_at(&dir, &commit) {
-            Ok(true) => keys.push((job.to_string(), id)),
-            Ok(false) => {}
+        match std::fs::metadata(entry.path().join(layout::COMMIT)) {
+            Ok(meta) if meta.is_file() => keys.push((job.to_string(), id)),
+            Ok(_) => {}
             // Not committed, or pruned while we looked.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
     }
     Ok(keys)
-}
-
-/// Whether `path` (relative to the folder `dir`) is a regular file, following symbolic
-/// links as `std::fs::metadata` does.
-fn is_file_at(dir: &std::fs::File, path: &std::ffi::CStr) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut stat = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: `dir` is an open folder, `path` a NUL-terminated string, and `stat` has
-    // room for one `struct stat`.
-    if unsafe { libc::fstatat(dir.as_raw_fd(), path.as_ptr(), stat.as_mut_ptr(), 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fstatat succeeded, so it filled the struct (which started zeroed anyway).
-    let mode = unsafe { stat.assume_init() }.st_mode;
-    Ok(mode & libc::S_IFMT == libc::S_IFREG)
 }
 
 #[cfg(test)]
