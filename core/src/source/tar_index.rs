@@ -394,18 +394,28 @@ mod tests {
         }
     }
 
+    /// Where the content of the entry named `name` (9 bytes) starts in `archive`.
+    fn content_of(archive: &[u8], name: &[u8; 9]) -> usize {
+        archive
+            .windows(9)
+            .position(|w| w == name)
+            .expect("the entry's header")
+            + 512
+    }
+
+    /// The error of indexing `archive` cut after `cut` bytes.
+    fn cut_error(archive: &[u8], cut: usize) -> io::Error {
+        let mut spool = EntrySpool::new().unwrap();
+        index(&archive[..cut], io::sink(), &mut spool).unwrap_err()
+    }
+
     #[test]
     fn a_stream_cut_inside_a_file_names_the_file() {
         let archive = mixed_archive();
         // file6 (1,000,003 bytes) is the last big one: cut 1,000 bytes into it.
-        let start = archive
-            .windows(9)
-            .position(|w| w == b"dir/file6")
-            .expect("file6's header")
-            + 512;
+        let start = content_of(&archive, b"dir/file6");
         for cut in [start, start + 1000, start + 1_000_002] {
-            let mut spool = EntrySpool::new().unwrap();
-            let err = index(&archive[..cut], io::sink(), &mut spool).unwrap_err();
+            let err = cut_error(&archive, cut);
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
             let told = format!(
                 "tar entry `dir/file6` announces 1000003 bytes but the stream ends after {}",
@@ -419,13 +429,7 @@ mod tests {
     fn a_stream_cut_in_the_padding_after_a_file_says_so() {
         let archive = mixed_archive();
         // file1 holds 1 byte, then 511 bytes of padding: cut 100 bytes into them.
-        let content = archive
-            .windows(9)
-            .position(|w| w == b"dir/file1")
-            .expect("file1's header")
-            + 512;
-        let mut spool = EntrySpool::new().unwrap();
-        let err = index(&archive[..content + 100], io::sink(), &mut spool).unwrap_err();
+        let err = cut_error(&archive, content_of(&archive, b"dir/file1") + 100);
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{err}");
         assert_eq!(
             err.to_string(),
