@@ -368,16 +368,17 @@ impl Catalog {
         Ok(self.runs(Some(job), 1)?.into_iter().next())
     }
 
-    /// What `bk list` shows of each cached backup, straight from the columns (no
-    /// commit record parsed), in no particular order.
+    /// What `bk list` shows of the cached backups (of `job`, or of all jobs), straight
+    /// from the columns (no commit record parsed), newest first: read in that order
+    /// from the backups_listed index, or from backups_by_job for one job.
     pub fn listed(&self, job: Option<&str>) -> Result<Vec<Listed>> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT backup_id, job, kind, host, started, finished, source_size, stored_size,
-                        writer
-                 FROM backups WHERE (?1 IS NULL OR job = ?1)",
-            )?;
-            let rows = stmt.query_map(params![job], |r| {
+            let mut stmt = c.prepare(&listed_sql(job.is_some()))?;
+            let params: &[&dyn rusqlite::ToSql] = match &job {
+                None => &[],
+                Some(j) => &[j],
+            };
+            let rows = stmt.query_map(params, |r| {
                 Ok(Listed {
                     backup_id: r.get(0)?,
                     job: r.get(1)?,
@@ -454,6 +455,14 @@ impl Catalog {
     }
 }
 
+/// The query of `listed`, for all jobs or for one (`?1`): each reads an index in order.
+fn listed_sql(one_job: bool) -> String {
+    const COLUMNS: &str =
+        "backup_id, job, kind, host, started, finished, source_size, stored_size, writer";
+    let only = if one_job { "WHERE job = ?1" } else { "" };
+    format!("SELECT {COLUMNS} FROM backups {only} ORDER BY backup_id DESC")
+}
+
 fn insert_backup(c: &Connection, record: &CommitRecord) -> rusqlite::Result<()> {
     c.execute(
         "INSERT OR REPLACE INTO backups
@@ -503,6 +512,34 @@ pub fn hostname() -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// `bk list` reads the backups_listed index in order (no rows, no sort), or
+    /// backups_by_job for one job.
+    #[test]
+    fn listings_read_an_index_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::open(&dir.path().join("c.db")).unwrap();
+        let plan = |one_job: bool| {
+            catalog
+                .with(|c| {
+                    let sql = format!("EXPLAIN QUERY PLAN {}", listed_sql(one_job));
+                    let mut stmt = c.prepare(&sql)?;
+                    let params: &[&dyn rusqlite::ToSql] = if one_job { &[&"job"] } else { &[] };
+                    let rows = stmt.query_map(params, |r| r.get::<_, String>(3))?;
+                    rows.collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .unwrap()
+                .join("; ")
+        };
+        assert_eq!(
+            plan(false),
+            "SCAN backups USING COVERING INDEX backups_listed"
+        );
+        assert_eq!(
+            plan(true),
+            "SEARCH backups USING INDEX backups_by_job (job=?)"
+        );
+    }
 
     /// `listed` reads from columns what `bk list` would take from the commit records,
     /// also from a catalog written before the `writer` column existed.

@@ -83,6 +83,15 @@ pub fn migrations() -> Migrations<'static> {
     UPDATE backups SET writer = json_extract(commit_json, '$.writer');
     ",
         ),
+        // Everything `bk list` shows, newest first, in an index of its own: a listing of
+        // all jobs reads the index in order (~140 bytes a row) instead of every row with
+        // its commit record (~1.2 KiB) and sorting them afterwards.
+        M::up(
+            "
+    CREATE INDEX backups_listed ON backups
+        (backup_id DESC, job, kind, host, started, finished, source_size, stored_size, writer);
+    ",
+        ),
     ])
 }
 
