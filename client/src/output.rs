@@ -1,5 +1,7 @@
 //! How the CLI talks: logs and errors on stderr, results on stdout; human sizes.
 
+use std::io::Write;
+
 use bk_core::config::ByteSize;
 
 pub fn init_logging(verbose: u8) {
@@ -32,9 +34,21 @@ pub fn size(bytes: u64) -> String {
     ByteSize(bytes).to_string()
 }
 
+/// `value` as pretty JSON on stdout, written as it is serialized (a listing of 100,000
+/// backups is ~40 MB: not built as one string first). A reader that went away
+/// (`bk list --json | head`) is not an error.
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("writing JSON to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// "3m ago", "2h ago", "5d ago".
