@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use bk_e2e::sshd::Sshd;
 use bk_e2e::{bk_path, run, tree};
@@ -104,6 +104,24 @@ fn init_then_config_check_then_run_works_on_a_fresh_directory() {
         );
     }
     bk(&["--config", cfg, "run", "example"]).ok();
+    // A reader that went away (`bk list | head`) is not an error, in either format: the
+    // pipe's read end is closed before bk starts, so its first write fails.
+    for json in [false, true] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = Command::new(bk_path());
+        cmd.args(["--config", cfg, "list"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.stdout(writer).stderr(Stdio::piped()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stderr.is_empty(),
+            "bk list (json: {json}) into a closed pipe: {}\n{stderr}",
+            out.status
+        );
+    }
     bk(&[
         "--config",
         cfg,
