@@ -35,7 +35,7 @@ pub fn size(bytes: u64) -> String {
 }
 
 /// `value` as pretty JSON on stdout, written as it is serialized (a listing of 100,000
-/// backups is ~40 MB: not built as one string first). A reader that went away
+/// backups is ~29 MB: not built as one string first). A reader that went away
 /// (`bk list --json | head`) is not an error.
 pub fn json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

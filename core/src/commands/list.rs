@@ -42,9 +42,10 @@ pub async fn list_cached(
     };
     let (keys, cached) = tokio::join!(repo.committed_keys(job), cached);
     let keys = keys?;
-    // What the store holds, by backup ID (foldhash: a third of SipHash's time on 100,000
-    // IDs, which nobody can choose to collide). The catalog's rows come newest first and
-    // keep that order; those the store does not hold (pruned elsewhere) are left out.
+    // What the store holds, by backup ID (foldhash: about half of SipHash's time on
+    // 100,000 IDs, which nobody can choose to collide). The catalog's rows come newest
+    // first and keep that order; those the store does not hold (pruned elsewhere) are
+    // left out.
     let mut in_store: HashMap<&str, &str, foldhash::fast::RandomState> = keys
         .iter()
         .map(|(job, id)| (id.as_str(), job.as_str()))
