@@ -98,8 +98,8 @@ pub async fn committed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RepositoryConfig;
     use crate::repo::commit::tests::sample;
+    use crate::repo::tests::local_repository;
 
     fn ids(listed: &[Listed]) -> Vec<&str> {
         listed.iter().map(|l| l.backup_id.as_str()).collect()
@@ -110,12 +110,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_stale_catalog_neither_hides_nor_invents_backups() {
         let dir = tempfile::tempdir().unwrap();
-        let config: RepositoryConfig = toml::from_str(&format!(
-            "url = \"file://{}/repo\"\nrecipients = []",
-            dir.path().display()
-        ))
-        .unwrap();
-        let repo = Repository::open(&config).unwrap();
+        let repo = local_repository(&dir.path().join("repo"));
         repo.init().await.unwrap();
         let t0 = chrono::Utc::now();
         let record = |i: i64, job: &str| {

@@ -429,19 +429,24 @@ fn local_commit_keys(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A `file://` repository (not initialised) in the folder `root`.
+    pub(crate) fn local_repository(root: &std::path::Path) -> Repository {
+        let config: RepositoryConfig = toml::from_str(&format!(
+            "url = \"file://{}\"\nrecipients = []",
+            root.display()
+        ))
+        .unwrap();
+        Repository::open(&config).unwrap()
+    }
 
     /// The walk of a `file://` repository finds exactly what the store's listing finds.
     #[tokio::test(flavor = "multi_thread")]
     async fn local_walk_lists_what_the_store_lists() {
         let dir = tempfile::tempdir().unwrap();
-        let config: RepositoryConfig = toml::from_str(&format!(
-            "url = \"file://{}\"\nrecipients = []",
-            dir.path().display()
-        ))
-        .unwrap();
-        let walked = Repository::open(&config).unwrap();
+        let walked = local_repository(dir.path());
         assert!(walked.local_root().is_some());
         // The same store, listed through object_store.
         let listed = Repository::from_store(walked.store().clone(), "file:///elsewhere");
