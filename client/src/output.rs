@@ -34,6 +34,28 @@ pub fn size(bytes: u64) -> String {
     ByteSize(bytes).to_string()
 }
 
+/// Writes a line of a command's result to stdout, like `println!`, but returns what went
+/// wrong instead of panicking: a reader that went away (`bk status | head -1`) is not an
+/// error (the line is dropped, the command goes on and exits as it would have), any
+/// other failure to write (a full disk behind `>`) is.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::output::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use say;
+
+/// One line on stdout, for `say!`.
+pub fn line(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("writing to stdout: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `value` as pretty JSON on stdout, written as it is serialized (a listing of 100,000
 /// backups is ~29 MB: not built as one string first). A reader that went away
 /// (`bk list --json | head`) is not an error.

@@ -5,6 +5,7 @@ use anyhow::anyhow;
 use bk_core::config::Config;
 use bk_core::source::{restrict, SourceError};
 
+use crate::output::say;
 use crate::Failure;
 
 pub fn run(config: &Config, host: &str) -> Result<(), Failure> {
@@ -26,6 +27,6 @@ pub fn run(config: &Config, host: &str) -> Result<(), Failure> {
     if !config.jobs.values().any(|j| j.host == host) {
         eprintln!("warning: no job uses host `{host}`, so this key may run nothing but bk's kill");
     }
-    println!("{line}");
+    say!("{line}")?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use bk_core::commands::check;
 
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn check(explicit: Option<&Path>, offline: bool, json: bool) -> Result<(), Failure> {
@@ -35,16 +36,16 @@ pub async fn check(explicit: Option<&Path>, offline: bool, json: bool) -> Result
             "failed": failed.len(),
         }))?;
     } else {
-        println!("{summary}");
+        say!("{summary}")?;
         for c in &checks {
             let mark = if c.ok { "ok" } else { "FAIL" };
-            println!("{mark:<5} {:<24} {}", c.what, c.detail);
+            say!("{mark:<5} {:<24} {}", c.what, c.detail)?;
             if let Some(fix) = &c.fix {
-                println!("{:<5} {:<24} fix: {fix}", "", "");
+                say!("{:<5} {:<24} fix: {fix}", "", "")?;
             }
         }
         if !offline {
-            println!("{} check(s), {} failed", checks.len(), failed.len());
+            say!("{} check(s), {} failed", checks.len(), failed.len())?;
         }
     }
     if failed.is_empty() {

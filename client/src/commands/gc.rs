@@ -6,6 +6,7 @@ use bk_core::commands::gc;
 use bk_core::config::Config;
 
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn run(
@@ -23,23 +24,23 @@ pub async fn run(
     }
     let verb = if dry_run { "would remove" } else { "removed" };
     for key in &report.removed {
-        println!("{verb} {key}");
+        say!("{verb} {key}")?;
     }
     let abort = if dry_run { "would abort" } else { "aborted" };
     for upload in &report.aborted_uploads {
-        println!(
+        say!(
             "{abort} the unfinished upload of {} (started {})",
             upload.key,
             upload.initiated.format("%Y-%m-%d %H:%M:%S UTC")
-        );
+        )?;
     }
-    println!(
+    say!(
         "{verb} {} object(s), {}; {abort} {} unfinished upload(s); {} uncommitted object(s) younger than {} left alone",
         report.removed.len(),
         output::size(report.bytes),
         report.aborted_uploads.len(),
         report.kept_recent.len(),
         humantime::format_duration(grace)
-    );
+    )?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 
+use crate::output::say;
 use crate::Failure;
 
 pub fn run(dir: &Path, source: &Path, identity: Option<&Path>) -> Result<(), Failure> {
@@ -97,21 +98,21 @@ retention = {{ keep_last = 3, keep_daily = 7, keep_weekly = 4, keep_monthly = 12
     f.write_all(text.as_bytes())?;
     let cfg = config_path.display();
     let id = identity_path.display();
-    println!("wrote {cfg}");
-    println!("wrote {id}: the identity, the only key that decrypts these backups");
-    println!("recipient: {recipient}");
+    say!("wrote {cfg}")?;
+    say!("wrote {id}: the identity, the only key that decrypts these backups")?;
+    say!("recipient: {recipient}")?;
     eprintln!();
     eprintln!(
         "warning: move {id} OFFLINE (two copies, e.g. a USB key in a safe and a password \
          manager) and delete it here: the backup server must not be able to read old backups"
     );
-    println!();
-    println!("next steps:");
-    println!("  1. edit {cfg}: the repository, your hosts and jobs (docs/configuration.md)");
-    println!("  2. bk --config {cfg} config check");
-    println!("  3. bk --config {cfg} run example");
-    println!("  4. bk --config {cfg} restore example latest --identity {id} --verify");
-    println!("  5. move {id} offline; run bk-server under systemd (docs/operations.md)");
+    say!("")?;
+    say!("next steps:")?;
+    say!("  1. edit {cfg}: the repository, your hosts and jobs (docs/configuration.md)")?;
+    say!("  2. bk --config {cfg} config check")?;
+    say!("  3. bk --config {cfg} run example")?;
+    say!("  4. bk --config {cfg} restore example latest --identity {id} --verify")?;
+    say!("  5. move {id} offline; run bk-server under systemd (docs/operations.md)")?;
     Ok(())
 }
 

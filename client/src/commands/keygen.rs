@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::output::say;
 use crate::Failure;
 
 pub fn run(output: &Path) -> Result<(), Failure> {
@@ -10,6 +11,6 @@ pub fn run(output: &Path) -> Result<(), Failure> {
         "bk: wrote a new identity to {} (mode 0600). Keep it offline: it decrypts every backup made to its recipient.",
         output.display()
     );
-    println!("{recipient}");
+    say!("{recipient}")?;
     Ok(())
 }

@@ -6,6 +6,7 @@ use bk_core::commands::list;
 use bk_core::config::Config;
 
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn run(config: &Config, job: Option<&str>, json: bool) -> Result<(), Failure> {
@@ -23,10 +24,10 @@ pub async fn run(config: &Config, job: Option<&str>, json: bool) -> Result<(), F
         return Ok(());
     }
     if backups.is_empty() {
-        println!(
+        say!(
             "no committed backups{}",
             job.map(|j| format!(" of job {j}")).unwrap_or_default()
-        );
+        )?;
         return Ok(());
     }
     // One buffered writer: 100,000 lines must not cost 100,000 writes. A reader that

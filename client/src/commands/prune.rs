@@ -6,6 +6,7 @@ use bk_core::commands::prune::{self, PruneError, PruneReport};
 use bk_core::config::Config;
 
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn run(
@@ -40,27 +41,27 @@ pub async fn run(
         return Ok(());
     }
     if reports.is_empty() {
-        println!("no job has a `retention`; nothing to prune");
+        say!("no job has a `retention`; nothing to prune")?;
     }
     for report in &reports {
-        print_report(report);
+        print_report(report)?;
     }
     Ok(())
 }
 
-fn print_report(report: &PruneReport) {
+fn print_report(report: &PruneReport) -> anyhow::Result<()> {
     let gone = report.decisions.iter().filter(|d| !d.keep).count();
     let verb = if report.dry_run {
         "would remove"
     } else {
         "removed"
     };
-    println!(
+    say!(
         "{}: {} backups, keeping {}, {verb} {gone}",
         report.job,
         report.decisions.len(),
         report.decisions.len() - gone
-    );
+    )?;
     for d in &report.decisions {
         let why = if d.keep {
             d.reasons
@@ -76,11 +77,12 @@ fn print_report(report: &PruneReport) {
             (false, true) => "would remove",
             (false, false) => "removed",
         };
-        println!(
+        say!(
             "  {:<12} {} {}  {why}",
             action,
             d.id,
             d.time.format("%Y-%m-%d %H:%M UTC")
-        );
+        )?;
     }
+    Ok(())
 }

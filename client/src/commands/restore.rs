@@ -9,6 +9,7 @@ use bk_core::restore::Sink;
 
 use crate::cli::RestoreArgs;
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
@@ -68,7 +69,7 @@ pub async fn run(config: &Config, args: RestoreArgs) -> Result<(), Failure> {
     if args.stdout {
         eprintln!("{line}");
     } else {
-        println!("{line}");
+        say!("{line}")?;
     }
     Ok(())
 }
@@ -90,13 +91,13 @@ async fn to_database(
         output::json(&report)?;
         return Ok(());
     }
-    println!(
+    say!(
         "backup {} of job {} restored into {}: {} dump, every hash matches, {:.1}s",
         report.backup_id,
         report.job,
         bk_core::repo::redact_url(url),
         output::size(report.source_size),
         report.elapsed.as_secs_f64()
-    );
+    )?;
     Ok(())
 }

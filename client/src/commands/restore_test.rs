@@ -9,6 +9,7 @@ use bk_core::error_chain;
 use tokio_util::sync::CancellationToken;
 
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> {
@@ -82,7 +83,7 @@ pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> 
     if !report.checks.is_empty() {
         what.push(format!("{} SQL checks passed", report.checks.len()));
     }
-    println!(
+    say!(
         "restore test of job {} passed: backup {} restored into {}; {}; {:.1}s",
         report.job,
         report.backup_id,
@@ -92,9 +93,9 @@ pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> 
             .unwrap_or("nothing (hashes only)"),
         what.join(", "),
         report.elapsed.as_secs_f64()
-    );
+    )?;
     for note in &report.notes {
-        println!("  note: {note}");
+        say!("  note: {note}")?;
     }
     Ok(())
 }

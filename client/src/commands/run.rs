@@ -6,6 +6,7 @@ use bk_core::commands::backup;
 use bk_core::config::Config;
 
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> {
@@ -43,7 +44,7 @@ pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> 
         return Ok(());
     }
     let secs = report.elapsed.as_secs_f64().max(0.001);
-    println!(
+    say!(
         "backup {} of job {} committed: {} read, {} stored, {} entries, {:.1}s ({:.0} MB/s)",
         r.backup_id,
         r.job,
@@ -52,12 +53,12 @@ pub async fn run(config: &Config, job: &str, json: bool) -> Result<(), Failure> 
         report.entries,
         secs,
         r.source_size as f64 / secs / 1e6
-    );
+    )?;
     for w in &report.warnings {
-        println!("  warning: {w}");
+        say!("  warning: {w}")?;
     }
     for a in &report.anomalies {
-        println!("  ANOMALY: {a}");
+        say!("  ANOMALY: {a}")?;
     }
     Ok(())
 }

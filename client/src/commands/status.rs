@@ -5,6 +5,7 @@ use bk_core::commands::status;
 use bk_core::config::Config;
 
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
@@ -18,15 +19,18 @@ pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
         output::json(&doc)?;
         return Ok(());
     }
-    println!(
+    say!(
         "repository {}: {}",
         storage["url"].as_str().unwrap_or_default(),
         storage["guarantees"].as_str().unwrap_or_default()
-    );
-    println!(
+    )?;
+    say!(
         "{:<16} {:<10} {:<28} {:<24} NEXT RUN",
-        "JOB", "HOST", "LAST RUN", "LAST GOOD BACKUP"
-    );
+        "JOB",
+        "HOST",
+        "LAST RUN",
+        "LAST GOOD BACKUP"
+    )?;
     for j in &status.jobs {
         let last = j
             .last_run
@@ -48,22 +52,25 @@ pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
             .next_run
             .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
             .unwrap_or_else(|| "manual".into());
-        println!(
+        say!(
             "{:<16} {:<10} {:<28} {:<24} {next}",
-            j.job, j.host, last, good
-        );
+            j.job,
+            j.host,
+            last,
+            good
+        )?;
         if j.overdue {
             let window = match j.expect_within_seconds.unwrap_or(0) {
                 s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
                 s => format!("{s}s"),
             };
-            println!("  OVERDUE: no good backup within {window}");
+            say!("  OVERDUE: no good backup within {window}")?;
         }
         for a in j.last_run.iter().flat_map(|r| &r.anomalies) {
-            println!("  ANOMALY in the last backup: {a}");
+            say!("  ANOMALY in the last backup: {a}")?;
         }
         if let Some(err) = j.last_run.as_ref().and_then(|r| r.error.as_deref()) {
-            println!("  last error: {}", err.lines().next().unwrap_or(err));
+            say!("  last error: {}", err.lines().next().unwrap_or(err))?;
         }
         if let Some(t) = &j.last_restore_test {
             let mut line = format!(
@@ -81,15 +88,15 @@ pub async fn run(config: &Config, json: bool) -> Result<(), Failure> {
             if let Some(next) = j.next_restore_test {
                 line.push_str(&format!(", next {}", next.format("%Y-%m-%d %H:%M UTC")));
             }
-            println!("{line}");
+            say!("{line}")?;
             if let Some(reason) = &t.reason {
-                println!("    reason: {}", reason.lines().next().unwrap_or(reason));
+                say!("    reason: {}", reason.lines().next().unwrap_or(reason))?;
             }
         } else if let Some(next) = j.next_restore_test {
-            println!(
+            say!(
                 "  restore test: never ran, next {}",
                 next.format("%Y-%m-%d %H:%M UTC")
-            );
+            )?;
         }
     }
     Ok(())

@@ -5,6 +5,7 @@ use bk_core::commands::verify;
 use bk_core::config::Config;
 
 use crate::output;
+use crate::output::say;
 use crate::Failure;
 
 pub async fn run(config: &Config, job: Option<&str>, json: bool) -> Result<(), Failure> {
@@ -23,26 +24,29 @@ pub async fn run(config: &Config, job: Option<&str>, json: bool) -> Result<(), F
     } else {
         for r in &results {
             if r.ok {
-                println!(
+                say!(
                     "ok       {} {} ({})",
                     r.job,
                     r.backup_id,
                     output::size(r.bytes_read)
-                );
+                )?;
             } else {
                 for d in &r.damage {
-                    println!(
+                    say!(
                         "DAMAGED  {} {}: `{}`: {}",
-                        r.job, r.backup_id, d.key, d.problem
-                    );
+                        r.job,
+                        r.backup_id,
+                        d.key,
+                        d.problem
+                    )?;
                 }
             }
         }
-        println!(
+        say!(
             "{} backup(s) checked, {} damaged",
             results.len(),
             damaged.len()
-        );
+        )?;
     }
     if damaged.is_empty() {
         Ok(())
