@@ -10,12 +10,13 @@
 //! Directory modes are applied last, so a read-only directory cannot block its children.
 
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::safety::{self, EntryRules, Refusal, Warnings};
+use crate::pipeline::hash::copy_large;
 use crate::repo::manifest::{Entry, EntryType};
 
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +203,9 @@ impl Extractor {
                     .mode(0o600)
                     .open(&dest)
                     .map_err(io_err)?;
-                let written = copy_exact(content, &mut file, entry.size).map_err(io_err)?;
+                // Never more than announced: what follows is the next entry's.
+                let written =
+                    copy_large(&mut content.take(entry.size), &mut file).map_err(io_err)?;
                 if written != entry.size {
                     return Err(refused(format!(
                         "it announced {} bytes but held {written}",
@@ -288,21 +291,6 @@ fn free_bytes(path: &Path) -> io::Result<u64> {
 fn set_mtime(path: &Path, mtime: u64) -> io::Result<()> {
     let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
     filetime::set_file_times(path, t, t)
-}
-
-fn copy_exact(src: &mut dyn io::Read, dst: &mut fs::File, limit: u64) -> io::Result<u64> {
-    let mut buf = vec![0u8; 256 << 10];
-    let mut total = 0u64;
-    while total < limit {
-        let want = buf.len().min((limit - total) as usize);
-        let n = src.read(&mut buf[..want])?;
-        if n == 0 {
-            break;
-        }
-        dst.write_all(&buf[..n])?;
-        total += n as u64;
-    }
-    Ok(total)
 }
 
 #[cfg(test)]
