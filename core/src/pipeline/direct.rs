@@ -11,8 +11,9 @@
 //! (`KEY#N`, then a rename; `bk gc` sweeps staging files left by a killed run), and made
 //! durable the same way: the file is synced before the rename, its directory after.
 //! `O_DIRECT` needs each write's memory, offset and length aligned to the device's
-//! block: every part but the last is a whole 1 MiB chunk, copied into an aligned buffer
-//! (a tenth of what the page cache's copy cost). The last part (not a whole block) is
+//! block: every part but the last is a whole 1 MiB chunk that the pipeline already put
+//! at an aligned address (chunks.rs), written as it is; a part made of several pieces
+//! is copied into an aligned buffer first. The last part (not a whole block) is
 //! written through the page cache; so is everything on a file system that is not a
 //! local disk (`on_local_disk`) or refuses `O_DIRECT`, with the early-writeback hint the
 //! buffered path needs (`start_writeback`).
