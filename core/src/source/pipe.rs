@@ -17,23 +17,10 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// A read shorter than this means the reader has caught up with the writer.
-const SHORT_READ: usize = 64 << 10;
-
-/// How long to let the pipe fill after a short read.
-const CATCH_UP_PAUSE: Duration = Duration::from_millis(1);
-
-/// Pipes at least this large hold what a fast source writes during the pause.
-const PAUSE_MIN_PIPE: usize = 512 << 10;
-
 pub struct SourcePipe {
     pipe: File,
     host: String,
     stall: Option<Duration>,
-    /// Whether the pipe is large enough to pause after short reads.
-    may_pause: bool,
-    /// The last read was short: pause before the next.
-    caught_up: bool,
     /// Told when the stream has ended (end of file or an error); dropping it tells too.
     ended: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -41,24 +28,20 @@ pub struct SourcePipe {
 impl SourcePipe {
     /// Reads the pipe `fd`, the stdout of a command on `host`.
     ///
-    /// The pipe is grown to 1 MiB instead of Linux's 64 KiB: the dump tool (or, for a
-    /// remote source, the ssh master relaying it) can run ahead of the pipeline and each
-    /// read drains more, so far fewer wake-ups per gigabyte. Best effort: the kernel may
-    /// refuse (pipe-max-size); the default pipe is then used, without the pause.
+    /// The pipe is grown to 1 MiB instead of Linux's 64 KiB, so the dump tool (or, for a
+    /// remote source, the ssh master relaying it) can run ahead while the pipeline is
+    /// busy for a moment instead of stopping. Best effort: the kernel may refuse
+    /// (pipe-max-size); the default pipe is then used.
     pub fn new(fd: OwnedFd, host: &str) -> io::Result<SourcePipe> {
         // SAFETY: F_SETPIPE_SZ on a pipe fd we own only changes its capacity.
         unsafe {
             libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
         }
         crate::set_status_flag(fd.as_fd(), libc::O_NONBLOCK, true)?;
-        // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity (-1 if fd is no pipe).
-        let capacity = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
         Ok(SourcePipe {
             pipe: File::from(fd),
             host: host.to_string(),
             stall: None,
-            may_pause: usize::try_from(capacity).is_ok_and(|c| c >= PAUSE_MIN_PIPE),
-            caught_up: false,
             ended: None,
         })
     }
@@ -125,14 +108,18 @@ impl SourcePipe {
 }
 
 impl Read for SourcePipe {
-    /// After a short read, the next one first sleeps a millisecond. pg_dump writes 4 KiB
-    /// at a time; a reader that wakes for each write costs a context switch per 4 KiB
-    /// on both sides. In a millisecond a fast source fills the 1 MiB pipe by at most
-    /// ~1 MB (so reads stay ahead of 1 GB/s), and a slow one loses nothing.
+    /// Reads what the pipe holds, waiting (up to the stall timeout) when it is empty.
+    ///
+    /// There is no pause after a read that found the pipe nearly empty. bfd4a89 added
+    /// one (1 ms, to let pg_dump's 4 KiB writes gather instead of waking the reader for
+    /// each); once the pipeline had become cheaper it cost more than it saved: pg_dump
+    /// then writes into cold pages of a filling 1 MiB pipe instead of the one the reader
+    /// just freed, and pg_dump and the server's backend used ~0.4 CPU s more for a
+    /// 410 MB dump (`perf sched`). Paired runs, 2026-12-01: the pg_dump backup
+    /// 1.43–1.55 s with the pause, 1.25–1.35 s without (the shell 1.24–1.28 s); the
+    /// local directory 2.22 → 2.18 s (medians of 6); over SSH no difference (medians of
+    /// 8: 3.17 and 3.14 s). docs/performance.md.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if std::mem::take(&mut self.caught_up) {
-            std::thread::sleep(CATCH_UP_PAUSE);
-        }
         loop {
             let result = match self.pipe.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -142,12 +129,8 @@ impl Read for SourcePipe {
                 },
                 other => other,
             };
-            match result {
-                Ok(n) if n > 0 => {
-                    self.caught_up = self.may_pause && n < SHORT_READ.min(buf.len());
-                }
-                _ if !buf.is_empty() => self.end(),
-                _ => {}
+            if !buf.is_empty() && !matches!(result, Ok(n) if n > 0) {
+                self.end();
             }
             return result;
         }
@@ -199,8 +182,10 @@ mod tests {
         let (read, mut write) = pipe();
         let (tx, mut ended) = tokio::sync::oneshot::channel();
         let mut source = SourcePipe::new(read, "web1").expect("pipe").signal_end(tx);
-        // The pipe was grown to 1 MiB: reads that catch up with the writer pause.
-        assert!(source.may_pause);
+        // The pipe was grown to 1 MiB (within Linux's default pipe-max-size).
+        // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
+        let capacity = unsafe { libc::fcntl(source.pipe.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        assert_eq!(capacity, 1 << 20);
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = std::thread::spawn(move || {
