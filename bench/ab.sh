@@ -7,7 +7,8 @@
 #
 # Variants, once per round in this order: bk-disk, bk-tmpfs, shell-disk, shell-tmpfs,
 # shell+fsync-disk. Before each: `sync` and one second of rest. Around each, /proc/stat:
-# CPU busy, idle, I/O wait and steal (core-seconds of the whole machine). The summary
+# CPU busy, idle, I/O wait and steal (core-seconds of the whole machine). The data set is
+# read into the page cache before each (as in run.sh). The summary
 # leaves out round 1 (warm-up) when there are more than two rounds.
 # Environment: BENCH_OUT (default bench/out), BENCH_BK (default target/release/bk),
 # AB_TMP (a tmpfs directory, default /dev/shm/bk-ab).
@@ -46,6 +47,8 @@ for round in $(seq "$ROUNDS"); do
     for v in bk-disk bk-tmpfs shell-disk shell-tmpfs shell+fsync-disk; do
         rm -rf "$BKW/repo" "$BKW"/catalog.db* "$TMP/repo" "$TMP"/catalog.db* "$OUT/ab.age" "$TMP/ab.age"
         mkdir "$BKW/repo" "$TMP/repo"
+        # The data set from the page cache for every variant (run.sh's warm).
+        tar -C "$OUT" -cf - data | cat >/dev/null
         sync
         sleep 1
         read -r b0 i0 w0 s0 < <(ticks)

@@ -100,11 +100,17 @@ fi
 DATA_BYTES=$(find -L "$DATA" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')
 DATA_FILES=$(find -L "$DATA" -type f | wc -l)
 
-# Warm the page cache once so every tool reads from memory alike (dropping caches would
+# Warm the page cache so every tool reads from memory alike (dropping caches would
 # need privileges a container may not have). `| cat` matters: GNU tar skips reading file
-# contents when it sees its archive is /dev/null.
+# contents when it sees its archive is /dev/null. Not just once: `borg create` drops
+# what it read from the page cache (posix_fadvise DONTNEED), so the step after it read
+# the data set from the disk: that was bk's backup in every round but the first (2.20 s
+# in round 1, 3.26 and 3.21 s after borg, system time 0.67 -> 1.56 s; bk after bk 2.23 s,
+# after borg 3.37 s, three pairs each). `measure` warms it again before every step; when
+# it is cached that costs a fraction of a second, outside the timing.
+warm() { tar cf - -C "$DATA" . | cat >/dev/null; }
 say "warming the page cache"
-tar cf - -C "$DATA" . | cat >/dev/null
+warm
 
 # ------------------------------------------------------------------------ measurement
 # busy: CPU jiffies the whole machine has spent busy so far (user nice system irq softirq
@@ -144,6 +150,7 @@ measure() {
     local run=${ROUND:-1} wall user sys rss size b0 b1 other
     say "$tool: $op (run $run/${ROUNDS:-1})"
     eval "$setup" || die "$tool $op: preparing run $run failed ($setup)"
+    warm
     quiet
     b0=$(busy)
     if ! /usr/bin/time -o "$TIMEF" -f '%e %U %S %M' "$@" >"$LOGS/$log" 2>"$LOGS/$log.err"; then
