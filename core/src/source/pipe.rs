@@ -117,8 +117,8 @@ impl Read for SourcePipe {
     /// just freed, and pg_dump and the server's backend used ~0.4 CPU s more for a
     /// 410 MB dump (`perf sched`). Paired runs, 2026-12-01: the pg_dump backup
     /// 1.43–1.55 s with the pause, 1.25–1.35 s without (the shell 1.24–1.28 s); the
-    /// local directory 2.22 → 2.18 s (medians of 6); over SSH no difference (medians of
-    /// 8: 3.17 and 3.14 s). docs/performance.md.
+    /// local directory 2.22 → 2.17 s (medians of 6); over SSH no difference (medians of
+    /// 8: 3.17 and 3.13 s). docs/performance.md.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let result = match self.pipe.read(buf) {
