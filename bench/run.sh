@@ -106,11 +106,10 @@ DATA_FILES=$(find -L "$DATA" -type f | wc -l)
 # what it read from the page cache (posix_fadvise DONTNEED), so the step after it read
 # the data set from the disk: that was bk's backup in every round but the first (2.20 s
 # in round 1, 3.26 and 3.21 s after borg, system time 0.67 -> 1.56 s; bk after bk 2.23 s,
-# after borg 3.37 s, three pairs each). `measure` warms it again before every step; when
-# it is cached that costs a fraction of a second, outside the timing.
+# after borg 3.37 s, three pairs each). So `measure` warms it before every step (the
+# first time from the disk); when it is cached that costs a fraction of a second, outside
+# the timing.
 warm() { tar cf - -C "$DATA" . | cat >/dev/null; }
-say "warming the page cache"
-warm
 
 # ------------------------------------------------------------------------ measurement
 # busy: CPU jiffies the whole machine has spent busy so far (user nice system irq softirq
