@@ -448,7 +448,7 @@ fn default_gc_grace() -> Duration {
     Duration::from_secs(24 * 3600)
 }
 fn default_zstd_job_size() -> ByteSize {
-    ByteSize::mib(2)
+    ByteSize::mib(1)
 }
 fn default_ssh_port() -> u16 {
     22

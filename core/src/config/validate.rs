@@ -19,6 +19,12 @@ pub(super) fn problems(config: &Config) -> Vec<String> {
             c.workers
         ));
     }
+    let job = c.job_size.bytes();
+    if !(64 << 10..=1 << 30).contains(&job) {
+        out.push(format!(
+            "compression.job_size = {job} bytes is outside 64KiB..=1GiB"
+        ));
+    }
     for (name, host) in &config.hosts {
         if name == "local" {
             out.push("hosts.local: `local` is built in (the backup server itself) and cannot be redefined".into());
@@ -449,6 +455,22 @@ kind = "command"
             "needs `command`",
         ] {
             assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+        }
+    }
+
+    #[test]
+    fn compression_job_size_is_bounded() {
+        let with = |size: &str| {
+            problems(&format!(
+                "[repository]\nurl = \"file:///r\"\nrecipients = [\"{RECIPIENT}\"]\n\
+                 [compression]\njob_size = \"{size}\"\n"
+            ))
+        };
+        assert_eq!(with("64KiB"), Vec::<String>::new());
+        assert_eq!(with("1GiB"), Vec::<String>::new());
+        for bad in ["0", "1000", "2GiB"] {
+            let p = with(bad).join("\n");
+            assert!(p.contains("compression.job_size"), "{bad}: {p}");
         }
     }
 

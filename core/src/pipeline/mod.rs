@@ -1,12 +1,13 @@
 //! The backup data path, streaming end to end with bounded memory:
 //!
 //! ```text
-//! plaintext ─▶ hash ─▶ zstd (worker threads) ═▶ age ─▶ hash ─▶ chunks ═channel═▶ multipart upload
-//! └─ blocking thread (+ zstd's workers) ─┘  └─ encrypt thread ──┘         └─ async task ─┘
+//! plaintext ─▶ hash ─▶ zstd jobs ═▶ frames in order ─▶ age ─▶ hash ─▶ chunks ═channel═▶ multipart upload
+//! └─ blocking thread ─┘  └ bk-zstd ┘ └──────────── encrypt thread ──────────┘         └─ async task ─┘
 //! ```
 //!
-//! `seal` runs the CPU-bound stages on two threads of their own (never on the async
-//! runtime's workers) and the upload as an async task; the bounded hand-offs between
+//! `seal` runs the CPU-bound stages on threads of their own (never on the async
+//! runtime's workers): the feeding thread, the zstd workers (compress.rs) and the
+//! encrypting thread; the upload runs as an async task. The bounded hand-offs between
 //! them carry backpressure from storage back to the source. The upload is left
 //! pending: the caller completes it only after checking the source's exit status.
 
@@ -40,10 +41,6 @@ const CHANNEL_DEPTH: usize = 8;
 /// (docs/performance.md: −4 to −7% of a local backup's time with the syncs every
 /// 64 MiB in direct.rs; peak memory 53 → 68 MiB on the benchmark's set).
 const LOCAL_CHANNEL_DEPTH: usize = 32;
-
-/// Blocks of compressed bytes queued between the compressing thread and the
-/// encrypting one.
-const ENCRYPT_DEPTH: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -114,15 +111,13 @@ where
         let cipher = hash::HashingWriter::new(chunks::ChunkSender::new(tx));
         let encrypted = encrypt::encryptor(cipher, &recipients)?;
         // age and the ciphertext hash run on a thread of their own, beside compression.
-        let encrypting =
-            handoff::WriteBehind::spawn("bk-encrypt", encrypted, handoff::BLOCK, ENCRYPT_DEPTH)?;
-        let compressed = compress::compressor(encrypting, &compression)?;
+        let compressed = compress::compressor(encrypted, "bk-encrypt", &compression)?;
         let mut plain = hash::HashingWriter::new(compressed);
         // No buffer here: zstd keeps its own input buffer, and `feed` writes in blocks.
         let output = feed(&mut plain)?;
         plain.flush()?;
         let (compressed, plain_digest) = plain.into_parts();
-        let cipher = compressed.finish()?.finish()?.finish()?;
+        let cipher = compressed.finish()?.finish()?;
         let (chunks, cipher_digest) = cipher.into_parts();
         chunks.finish()?;
         Ok((output, plain_digest, cipher_digest))
