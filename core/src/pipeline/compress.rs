@@ -22,7 +22,7 @@ use std::thread::{self, JoinHandle};
 
 use zstd::stream::raw::{CParameter, Encoder, InBuffer, Operation, OutBuffer};
 
-use super::handoff::{WriteBehind, BLOCK};
+use super::handoff::{join_stage, stopped, WriteBehind, BLOCK};
 use crate::config::CompressionConfig;
 
 /// Blocks of compressed bytes queued for the next stage's thread (one frame).
@@ -115,13 +115,6 @@ pub struct Frames<W> {
     workers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<io::Result<W>>>,
     name: &'static str,
-}
-
-fn stopped(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::BrokenPipe,
-        format!("the {what} thread stopped"),
-    )
 }
 
 impl<W: Write + Send + 'static> Frames<W> {
@@ -245,16 +238,7 @@ impl<W: Write + Send + 'static> Frames<W> {
     }
 
     fn join_writer(&mut self) -> io::Result<W> {
-        match self.writer.take() {
-            Some(handle) => match handle.join() {
-                Ok(result) => result,
-                Err(_) => Err(io::Error::other(format!(
-                    "the {} thread panicked",
-                    self.name
-                ))),
-            },
-            None => Err(stopped(self.name)),
-        }
+        join_stage(&mut self.writer, self.name)
     }
 
     fn finish(mut self) -> io::Result<W> {

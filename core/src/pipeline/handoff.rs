@@ -21,11 +21,25 @@ pub const BLOCK: usize = 1 << 20;
 /// One block handed over: the buffer and how many of its bytes are data.
 type Block = (Vec<u8>, usize);
 
-fn stopped(what: &str) -> io::Error {
+pub(super) fn stopped(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::BrokenPipe,
         format!("the {what} thread stopped"),
     )
+}
+
+/// Waits for a stage's thread (taken out of `thread`) and returns what it returned.
+pub(super) fn join_stage<W>(
+    thread: &mut Option<JoinHandle<io::Result<W>>>,
+    name: &str,
+) -> io::Result<W> {
+    match thread.take() {
+        Some(handle) => match handle.join() {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::other(format!("the {name} thread panicked"))),
+        },
+        None => Err(stopped(name)),
+    }
 }
 
 /// A reader whose inner reader runs ahead on its own thread.
@@ -221,16 +235,7 @@ impl<W: Write + Send + 'static> WriteBehind<W> {
     }
 
     fn join(&mut self) -> io::Result<W> {
-        match self.thread.take() {
-            Some(handle) => match handle.join() {
-                Ok(result) => result,
-                Err(_) => Err(io::Error::other(format!(
-                    "the {} thread panicked",
-                    self.name
-                ))),
-            },
-            None => Err(stopped(self.name)),
-        }
+        join_stage(&mut self.thread, self.name)
     }
 }
 
