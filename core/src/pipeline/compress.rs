@@ -8,9 +8,9 @@
 //! workers, so a worker that finishes picks up the next job at once; libzstd's own
 //! multithreading (one frame, `ZSTD_c_nbWorkers`) posts a job only when a worker is free
 //! and the thread that feeds it comes round again, and on a busy 2-core machine its
-//! workers waited for that (docs/performance.md: −10% of a local backup's time).
-//! Frames cost ~0.1% of output on the benchmark's data set: each starts without the
-//! previous job's history.
+//! workers waited for that (docs/performance.md: a local backup 2.47 → 2.11 s). 1 MiB
+//! frames cost ~0.3% of output on the benchmark's data set against one frame: each
+//! starts without the previous job's history.
 //!
 //! Without workers, or with long-distance matching (whose point is history across the
 //! whole stream), one frame is compressed by libzstd on the feeding thread.
@@ -31,12 +31,6 @@ const STREAM_DEPTH: usize = 2;
 /// The smallest job (the configuration refuses smaller ones): frames much smaller than
 /// zstd's window would lose ratio.
 const MIN_JOB: usize = 64 << 10;
-
-/// zstd's `overlapLog`: each job begins with 1/2^(9 - n) of the window of the job
-/// before it as history (one frame, libzstd's workers).
-const OVERLAP_LOG: u32 = 4;
-/// Levels up to this one use zstd's fast and dfast strategies.
-const FAST_LEVELS: i32 = 4;
 
 /// Compresses what it is written and hands the compressed bytes, in order, to a thread
 /// called `name` that writes them into the next stage.
@@ -296,17 +290,10 @@ impl<W: Write + Send + 'static> Stream<W> {
         if config.workers > 0 {
             zstd.set_parameter(CParameter::NbWorkers(config.workers))?;
             let job = u32::try_from(config.job_size.bytes()).unwrap_or(u32::MAX);
+            // Only with `long` (workers without it compress frames of their own): each
+            // job keeps zstd's default overlap of history, since `long` is chosen for
+            // the ratio.
             zstd.set_parameter(CParameter::JobSize(job))?;
-            // Each job starts by loading the tail of the previous one into its match
-            // tables: 1/8 of the window (256 KiB at level 3) by default, an eighth of a
-            // 2 MiB job. 1/32 (64 KiB) costs 2.7% fewer instructions in zstd for 0.08%
-            // more output (docs/performance.md). Only at the fast levels (1-4, zstd's
-            // fast and dfast strategies), where the overlap buys least; higher levels
-            // and `long` are chosen for the ratio, and there zstd keeps more history by
-            // default.
-            if !config.long && config.level <= FAST_LEVELS {
-                zstd.set_parameter(CParameter::OverlapSizeLog(OVERLAP_LOG))?;
-            }
         }
         zstd.set_parameter(CParameter::ChecksumFlag(true))?;
         if config.long {
